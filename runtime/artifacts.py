@@ -1,0 +1,109 @@
+"""What a model argument names: a shipped model, a weights file, an ONNX graph or an engine.
+
+Every artifact may carry a JSON sidecar beside it (``X.onnx`` -> ``X.onnx.json``) written by the
+export/build stages; ONNX graphs also carry the essentials in their metadata, so a bare ``.onnx``
+still runs with the right padding multiple and scale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deepfusionnet.errors import DFNError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# Shipped models: name -> (scale, multiple, description)
+SHIPPED: dict[str, tuple[int, int, str]] = {
+    "deepfusionnet": (1, 8, "DeepFusionNet low-light enhancer (2.6M params)"),
+    "deepfusionnet-sr": (2, 8, "DeepFusionNet 2x super-resolution (110K params)"),
+}
+
+KIND_BY_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".engine": "engine", ".plan": "engine", ".trt": "engine",
+                  ".safetensors": "weights", ".pt": "weights", ".pth": "weights"}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    kind: str  # onnx | openvino | engine | weights
+    model: str  # architecture name, e.g. "deepfusionnet"
+    scale: int = 1
+    multiple: int = 8
+    precision: str = "fp32"
+    sidecar: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict:
+    sc = sidecar_path(path)
+    if not sc.is_file():
+        return {}
+    try:
+        return json.loads(sc.read_text())
+    except (OSError, ValueError) as exc:
+        raise DFNError(f"{sc}: unreadable sidecar ({exc})") from None
+
+
+def shipped_path(name: str, kind: str) -> Path:
+    suffix = {"onnx": ".onnx", "weights": ".safetensors"}[kind]
+    return WEIGHTS_DIR / f"{name}{suffix}"
+
+
+def _onnx_metadata(path: Path) -> dict:
+    """dfn.* metadata props of an ONNX file, read without onnx (the runtime may not have it)."""
+    try:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return dict(sess.get_modelmeta().custom_metadata_map)
+    except Exception:
+        return {}
+
+
+def resolve(model: str | Path, kind: str | None = None) -> Artifact:
+    """Resolve a model argument to an :class:`Artifact`.
+
+    ``kind`` picks the artifact for a shipped name: ``"onnx"`` (default) or ``"weights"`` (torch).
+    """
+    text = str(model)
+    if text in SHIPPED:
+        scale, multiple, _ = SHIPPED[text]
+        kind = kind or "onnx"
+        path = shipped_path(text, kind)
+        if not path.is_file():
+            raise DFNError(f"shipped model {text!r} has no {kind} file at {path}; reinstall deepfusionnet")
+        return Artifact(path, kind, text, scale, multiple, "fp32", read_sidecar(path))
+    path = Path(text)
+    if not path.exists():
+        known = ", ".join(SHIPPED)
+        raise DFNError(f"{path}: no such file, and not a shipped model name ({known})")
+    if path.is_dir():
+        raise DFNError(f"{path}: is a folder; name a model file (.onnx, .engine, .safetensors) or a shipped model")
+    akind = KIND_BY_SUFFIX.get(path.suffix.lower())
+    if akind is None:
+        raise DFNError(f"{path}: unknown model file type {path.suffix!r} (expected .onnx, .xml, .engine, .safetensors)")
+    meta = read_sidecar(path)
+    if akind == "onnx" and not meta:
+        props = _onnx_metadata(path)
+        meta = {k.removeprefix("dfn."): v for k, v in props.items() if k.startswith("dfn.")}
+    name = str(meta.get("model", "deepfusionnet"))
+    if akind == "weights" and "model" not in meta and path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                name = (f.metadata() or {}).get("model", name)
+        except Exception:
+            pass  # the loader reports a corrupt file with a proper message
+    scale = int(meta.get("scale", SHIPPED.get(name, (1, 8, ""))[0]))
+    multiple = int(meta.get("multiple", SHIPPED.get(name, (1, 8, ""))[1]))
+    return Artifact(path, akind, name, scale, multiple, str(meta.get("precision", "fp32")), meta)

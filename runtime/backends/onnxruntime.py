@@ -1,0 +1,59 @@
+"""ONNX Runtime backend: CPU by default; CUDA (and the TensorRT EP) when onnxruntime-gpu has them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deepfusionnet.errors import DFNError, require
+from deepfusionnet.runtime.backends.base import TensorInfo
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int64)": "int64"}
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, providers: list | None = None, threads: int | None = None,
+                 optimization: str = "all", provider_options: dict | None = None) -> None:
+        ort = require("onnxruntime", "gpu", "onnxruntime")
+        if not path.exists():
+            raise DFNError(f"{path}: no such file")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        so.intra_op_num_threads = threads or int(os.environ.get("DFN_THREADS", "0")) or (os.cpu_count() or 1)
+        so.log_severity_level = 3
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        if provider_options:
+            providers = [(p, provider_options.get(p, {})) if isinstance(p, str) else p for p in providers]
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DFNError(f"{path}: not a valid ONNX model for ONNX Runtime ({first[:300]})") from None
+        self.path = path
+        self.providers = self.session.get_providers()
+        self.inputs = [TensorInfo(i.name, tuple(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+        self.outputs = [TensorInfo(o.name, tuple(o.shape), _ORT_TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.outputs]
+        return dict(zip(names, self.session.run(names, feed)))
+
+    def close(self) -> None:
+        self.session = None
+
+
+def load(path: Path, **options) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(path, **options)

@@ -1,0 +1,149 @@
+"""Paired low/normal-light data: folder layouts, validation split, crops and augmentations, SR pairs.
+
+Images are read through the runtime's reader, so training sees frames exactly as the device does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deepfusionnet.errors import DFNError
+from deepfusionnet.runtime.images import IMAGE_SUFFIXES, read_image
+from deepfusionnet.train.synthetic import darken
+
+# (low folder, high folder) names, tried in order under the given root and its known sub-splits.
+_PAIR_DIRS = [("low", "high"), ("Low", "Normal"), ("low", "normal"), ("input", "target"), ("Low", "High")]
+_SPLITS = ["", "our485", "eval15", "Train", "train", "Test", "test"]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _key(path: Path, folder: Path) -> str:
+    # LOL-v2 names pairs low00001.png / normal00001.png: compare what follows the prefix.
+    rel = path.relative_to(folder).with_suffix("").as_posix()
+    return re.sub(r"^(low|normal|high|input|target)[_-]?", "", rel, flags=re.IGNORECASE)
+
+
+def find_pairs(root: str | Path) -> list[tuple[Path, Path]]:
+    """Matching ``(low, high)`` paths under ``root``.
+
+    Understands ``low/`` + ``high/``, LOL-v1 (``our485``, ``eval15``) and LOL-v2
+    (``Train|Test/Low|Normal``) layouts; pairs are matched by relative name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DFNError(f"{root}: not a folder of image pairs")
+    for split in _SPLITS:
+        base = root / split if split else root
+        for lo, hi in _PAIR_DIRS:
+            if (base / lo).is_dir() and (base / hi).is_dir():
+                highs = {_key(p, base / hi): p for p in _images(base / hi)}
+                pairs = [(p, highs[_key(p, base / lo)]) for p in _images(base / lo) if _key(p, base / lo) in highs]
+                if not pairs:
+                    raise DFNError(f"{base}: '{lo}/' and '{hi}/' share no file names")
+                return pairs
+    raise DFNError(f"{root}: expected low/ and high/ folders (or LOL-v1 our485/eval15, LOL-v2 Train/Test Low/Normal)")
+
+
+@dataclass
+class PairSet:
+    """Decoded pairs held in memory (uint8 RGB); LOL-v1's 286 train pairs take about 400 MB."""
+
+    low: list[np.ndarray]
+    high: list[np.ndarray]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, idx: list[int]) -> "PairSet":
+        return PairSet([self.low[i] for i in idx], [self.high[i] for i in idx], [self.names[i] for i in idx])
+
+
+def load_pairs(root: str | Path) -> PairSet:
+    low, high, names = [], [], []
+    for lp, hp in find_pairs(root):
+        lo, hi = read_image(lp), read_image(hp)
+        if lo.shape != hi.shape:
+            raise DFNError(f"{lp}: size {lo.shape[1]}x{lo.shape[0]} differs from its pair {hp} ({hi.shape[1]}x{hi.shape[0]})")
+        low.append(lo)
+        high.append(hi)
+        names.append(lp.name)
+    return PairSet(low, high, names)
+
+
+def split_validation(pairs: PairSet, count: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Hold out about ``count`` pairs for validation, keeping scenes that share a normal-light image
+    together (LOL-v1 has several low shots per scene), so no validation scene is seen in training."""
+    if count <= 0:
+        return list(range(len(pairs))), []
+    groups: dict[str, list[int]] = {}
+    for i, hi in enumerate(pairs.high):
+        groups.setdefault(hashlib.sha1(hi.tobytes()).hexdigest(), []).append(i)
+    keys = sorted(groups)
+    np.random.default_rng(seed).shuffle(keys)
+    val: list[int] = []
+    for k in keys:
+        if len(val) >= count:
+            break
+        val.extend(groups[k])
+    vs = set(val)
+    return [i for i in range(len(pairs)) if i not in vs], sorted(val)
+
+
+def augment(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random flip / 90-degree rotation applied to every array (HWC)."""
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k)
+        if flip:
+            a = a[:, ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def random_crop(rng: np.random.Generator, size: int, *arrays: np.ndarray, scales: tuple[int, ...] = ()) -> list[np.ndarray]:
+    """Aligned random crops: ``arrays[i]`` is cropped at ``size * scales[i]`` (default 1)."""
+    h, w = arrays[0].shape[:2]
+    if h < size or w < size:
+        raise DFNError(f"crop {size} is larger than an image of {w}x{h}")
+    y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+    scales = scales or (1,) * len(arrays)
+    return [a[y * s:(y + size) * s, x * s:(x + size) * s] for a, s in zip(arrays, scales)]
+
+
+def enhancement_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: int, synthetic_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(low, high)`` training crop as float32 CHW in [0, 1]."""
+    lo, hi = random_crop(rng, crop, pairs.low[i], pairs.high[i])
+    if synthetic_prob > 0 and rng.random() < synthetic_prob:
+        lo = darken(hi, rng)
+    lo, hi = augment(rng, lo, hi)
+    return _chw(lo), _chw(hi)
+
+
+def degrade_for_sr(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The paper's SR degradation: Gaussian blur with a random odd kernel in {3,5,7,9}, then x2 down."""
+    k = int(rng.choice([3, 5, 7, 9]))
+    blurred = cv2.GaussianBlur(hr, (k, k), 0)
+    return cv2.resize(blurred, (hr.shape[1] // 2, hr.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def sr_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(lr, hr)`` SR crop from a normal-light image: LR ``crop``, HR ``2 * crop``."""
+    (hr,) = random_crop(rng, crop * 2, pairs.high[i])
+    (hr,) = augment(rng, hr)
+    return _chw(degrade_for_sr(hr, rng)), _chw(hr)
+
+
+def _chw(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)

@@ -1,0 +1,276 @@
+"""The training loop: config, checkpoints that survive kill -9, exact resume, validation, DDP.
+
+Exact resume without saving iterator state: every epoch's sample order and every sample's crop and
+augmentation come from RNGs seeded by ``(seed, epoch, index)``, so a run restarted at
+``(epoch, step)`` replays the very same batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfusionnet.errors import DFNError
+from deepfusionnet.runtime.images import atomic_write_bytes
+from deepfusionnet.runtime.metrics import psnr, ssim
+from deepfusionnet.runtime.processing import crop, pad_to_multiple, to_image
+from deepfusionnet.train import data as D
+from deepfusionnet.train.losses import mse_ssim_loss
+from deepfusionnet.train.models import create_model, get_spec
+from deepfusionnet.train.weights import load_model, save_weights
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; saved as ``config.json`` in the run folder."""
+
+    data: str
+    out: str = "runs/deepfusionnet"
+    model: str = "deepfusionnet"
+    epochs: int = 200
+    batch_size: int = 8
+    crop: int = 128  # LR crop for SR; HR is 2x
+    lr: float = 1e-4  # the paper's Adam 1e-4
+    lr_schedule: str = "constant"  # constant | cosine
+    min_lr: float = 1e-6
+    ssim_weight: float = 1.0
+    bf16: bool = True  # CPU autocast; measured ~1.6x faster on AVX512-BF16 CPUs
+    val_count: int = 12
+    val_every: int = 1
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    init: str | None = None  # start from these weights (e.g. the shipped ones)
+    synthetic_prob: float = 0.0
+    threads: int = 0
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); for smoke tests
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DFNError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        get_spec(self.model)
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise DFNError("--lr-schedule must be constant or cosine")
+        if self.crop % 8:
+            raise DFNError("--crop must be a multiple of 8")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise DFNError("--epochs and --batch-size must be positive")
+
+
+# Options that may change between a run and its resumption without changing what is learned.
+_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes"}
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scale: int = 1, sr: bool = False) -> dict:
+    """Full-resolution PSNR/SSIM on uint8 outputs, with the runtime's padding (as `dfn eval` does)."""
+    model.eval()
+    ps, ss = [], []
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for lo, hi in zip(pairs.low, pairs.high):
+            if sr:
+                hi = hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2]
+                lo = D.degrade_for_sr(hi, rng)
+            x, size = pad_to_multiple(lo.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, multiple)
+            y = crop(model(torch.from_numpy(x)).numpy(), size, scale)
+            out = to_image(y)
+            ps.append(psnr(out, hi))
+            ss.append(ssim(out, hi))
+    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train according to ``cfg``; returns the final metrics. Only rank 0 writes files."""
+    from tqdm import tqdm
+
+    cfg.validate()
+    rank, world = _dist()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    spec = get_spec(cfg.model)
+    sr = spec.scale == 2
+
+    pairs = D.load_pairs(cfg.data)
+    train_idx, val_idx = D.split_validation(pairs, cfg.val_count, cfg.seed)
+    if len(train_idx) == 0:
+        raise DFNError(f"{cfg.data}: no training pairs left after holding out {cfg.val_count} for validation")
+    val = pairs.subset(val_idx)
+    trainset = pairs.subset(train_idx)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model)
+    if cfg.init and not resume:
+        init_model, init_name = load_model(cfg.init)
+        if init_name != cfg.model:
+            raise DFNError(f"{cfg.init}: holds {init_name!r} weights, not {cfg.model!r}")
+        model.load_state_dict(init_model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = max(1, len(trainset) // (cfg.batch_size * world))
+    total_steps = steps_per_epoch * cfg.epochs
+
+    def lr_at(step: int) -> float:
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    epoch, step_in_epoch, best, history = 0, 0, -1.0, []
+    if resume:
+        if not ckpt_path.is_file():
+            raise DFNError(f"{ckpt_path}: nothing to resume (no checkpoint in {out})")
+        saved_cfg = json.loads((out / "config.json").read_text())
+        diff = {k: (saved_cfg.get(k), v) for k, v in dataclasses.asdict(cfg).items()
+                if k not in _RUN_CONTROL and saved_cfg.get(k) != v}
+        if diff:
+            raise DFNError(f"{out}: --resume with different options than the run was started with: {diff}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        epoch, step_in_epoch, best = state["epoch"], state["step"], state["best"]
+        history = state["history"]
+        torch.set_rng_state(state["torch_rng"])
+    elif rank == 0:
+        if ckpt_path.exists():
+            raise DFNError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2).encode())
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+
+    def checkpoint(ep: int, st: int) -> None:
+        if rank != 0:
+            return
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": ep, "step": st,
+                            "best": best, "history": history, "torch_rng": torch.get_rng_state()}, ckpt_path)
+
+    last_ckpt = time.monotonic()
+    global_step = epoch * steps_per_epoch + step_in_epoch
+    while epoch < cfg.epochs:
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(trainset))
+        order = order[rank::world]
+        net.train()
+        losses = []
+        bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
+                   disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1",
+                   initial=step_in_epoch, total=steps_per_epoch)
+        for step in bar:
+            xs, ys = [], []
+            for j in range(cfg.batch_size):
+                i = int(order[(step * cfg.batch_size + j) % len(order)])
+                rng = np.random.default_rng([cfg.seed, epoch, step, j, rank])
+                x, y = D.sr_sample(trainset, i, rng, cfg.crop) if sr else D.enhancement_sample(trainset, i, rng, cfg.crop, cfg.synthetic_prob)
+                xs.append(x)
+                ys.append(y)
+            x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            for g in opt.param_groups:
+                g["lr"] = lr_at(global_step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                pred = net(x)
+            loss, parts = mse_ssim_loss(pred, y, cfg.ssim_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            global_step += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", best_val_psnr=f"{best:.2f}")
+            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                checkpoint(epoch, step + 1)
+                last_ckpt = time.monotonic()
+            if cfg.max_steps and global_step >= cfg.max_steps:
+                break
+        stopped_early = bool(cfg.max_steps and global_step >= cfg.max_steps and step + 1 < steps_per_epoch)
+        if stopped_early:
+            checkpoint(epoch, step + 1)
+            break
+        epoch += 1
+        step_in_epoch = 0
+        row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step), "loss": float(np.mean(losses)) if losses else float("nan")}
+        if rank == 0 and len(val) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+            m = evaluate_model(model, val, spec.multiple, spec.scale, sr)
+            row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
+            if m["psnr"] > best:
+                best = m["psnr"]
+                save_weights(model, cfg.model, out / "best.safetensors", {"epoch": epoch, "val_psnr": f"{best:.3f}"})
+        if rank == 0:
+            history.append(row)
+            save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch})
+            _write_metrics(out, history)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        checkpoint(epoch, 0)
+        last_ckpt = time.monotonic()
+        if cfg.max_steps and global_step >= cfg.max_steps:
+            break
+    if world > 1:
+        torch.distributed.barrier()
+    return {"epochs_done": epoch, "steps": global_step, "best_val_psnr": best, "history": history, "out": str(out)}
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    keys = sorted({k for row in history for k in row}, key=lambda k: ["epoch", "step", "lr", "loss", "val_psnr", "val_ssim"].index(k) if k in ["epoch", "step", "lr", "loss", "val_psnr", "val_ssim"] else 99)
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "metrics.json", json.dumps(history, indent=1).encode())
+    try:
+        _plot_curves(out, history)
+    except ImportError:
+        pass
+
+
+def _plot_curves(out: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [r["epoch"] for r in history]
+    ax[0].plot(ep, [r["loss"] for r in history])
+    ax[0].set(xlabel="epoch", ylabel="train loss (MSE + λ(1-SSIM))")
+    vals = [(r["epoch"], r["val_psnr"]) for r in history if "val_psnr" in r]
+    if vals:
+        ax[1].plot(*zip(*vals), marker=".")
+    ax[1].set(xlabel="epoch", ylabel="validation PSNR (dB)")
+    fig.tight_layout()
+    tmp = out / ".curves.tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out / "curves.png")
