@@ -17,7 +17,9 @@ import numpy as np
 from deepfusionnet.errors import DFNError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-DEFAULT_MAX_PIXELS = 200_000_000  # ~ a 16k x 12k frame; bigger is refused before decoding
+DEFAULT_MAX_PIXELS = 200_000_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # ~ a 16k x 12k frame; bigger is refused before decoding
 
 
 def is_image_path(path: str | Path) -> bool:
@@ -110,6 +112,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs normal permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
