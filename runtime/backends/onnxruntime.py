@@ -18,7 +18,8 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, providers: list | None = None, threads: int | None = None,
-                 optimization: str = "all", provider_options: dict | None = None) -> None:
+                 optimization: str = "all", provider_options: dict | None = None,
+                 trt_ep: bool = False, cache_dir: str | Path | None = None) -> None:
         ort = require("onnxruntime", "gpu", "onnxruntime")
         if not path.exists():
             raise DFNError(f"{path}: no such file")
@@ -32,7 +33,9 @@ class OnnxRuntimeBackend:
         so.intra_op_num_threads = threads or int(os.environ.get("DFN_THREADS", "0")) or (os.cpu_count() or 1)
         so.log_severity_level = 3
         available = ort.get_available_providers()
-        if providers is None:
+        if trt_ep:
+            providers = tensorrt_ep_providers(available, path, cache_dir)
+        elif providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         if provider_options:
             providers = [(p, provider_options.get(p, {})) if isinstance(p, str) else p for p in providers]
@@ -53,6 +56,29 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         self.session = None
+
+
+def tensorrt_ep_providers(available: list[str], path: Path, cache_dir: str | Path | None = None) -> list:
+    """Provider list for ONNX Runtime's TensorRT EP with engine and timing caches (onnxruntime-gpu 1.17+).
+
+    Option names checked against onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html.
+    ``trt_fp16_enable`` stays off: precision is in the graph, so the EP builds strongly typed
+    (microsoft/onnxruntime#24298). CUDA then CPU take whatever TensorRT does not.
+    """
+    if "TensorrtExecutionProvider" not in available:
+        raise DFNError("ONNX Runtime's TensorRT execution provider is not available here (providers: "
+                       f"{', '.join(available)}); install onnxruntime-gpu built with TensorRT and TensorRT itself")
+    cache = Path(cache_dir) if cache_dir else path.parent / ".trt-ep-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    trt_options = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": False,
+    }
+    rest = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return [("TensorrtExecutionProvider", trt_options), *rest]
 
 
 def load(path: Path, **options) -> OnnxRuntimeBackend:
