@@ -6,51 +6,16 @@ Images are read through the runtime's reader, so training sees frames exactly as
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.images import IMAGE_SUFFIXES, read_image
+from deepfusionnet.runtime.evaluate import degrade_for_sr  # shared with dfn eval
+from deepfusionnet.runtime.images import read_image
+from deepfusionnet.runtime.pairs import find_pairs  # torch-free, shared with dfn eval
 from deepfusionnet.train.synthetic import darken
-
-# (low folder, high folder) names, tried in order under the given root and its known sub-splits.
-_PAIR_DIRS = [("low", "high"), ("Low", "Normal"), ("low", "normal"), ("input", "target"), ("Low", "High")]
-_SPLITS = ["", "our485", "eval15", "Train", "train", "Test", "test"]
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-
-
-def _key(path: Path, folder: Path) -> str:
-    # LOL-v2 names pairs low00001.png / normal00001.png: compare what follows the prefix.
-    rel = path.relative_to(folder).with_suffix("").as_posix()
-    return re.sub(r"^(low|normal|high|input|target)[_-]?", "", rel, flags=re.IGNORECASE)
-
-
-def find_pairs(root: str | Path) -> list[tuple[Path, Path]]:
-    """Matching ``(low, high)`` paths under ``root``.
-
-    Understands ``low/`` + ``high/``, LOL-v1 (``our485``, ``eval15``) and LOL-v2
-    (``Train|Test/Low|Normal``) layouts; pairs are matched by relative name.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DFNError(f"{root}: not a folder of image pairs")
-    for split in _SPLITS:
-        base = root / split if split else root
-        for lo, hi in _PAIR_DIRS:
-            if (base / lo).is_dir() and (base / hi).is_dir():
-                highs = {_key(p, base / hi): p for p in _images(base / hi)}
-                pairs = [(p, highs[_key(p, base / lo)]) for p in _images(base / lo) if _key(p, base / lo) in highs]
-                if not pairs:
-                    raise DFNError(f"{base}: '{lo}/' and '{hi}/' share no file names")
-                return pairs
-    raise DFNError(f"{root}: expected low/ and high/ folders (or LOL-v1 our485/eval15, LOL-v2 Train/Test Low/Normal)")
 
 
 @dataclass
@@ -129,13 +94,6 @@ def enhancement_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: i
         lo = darken(hi, rng)
     lo, hi = augment(rng, lo, hi)
     return _chw(lo), _chw(hi)
-
-
-def degrade_for_sr(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The paper's SR degradation: Gaussian blur with a random odd kernel in {3,5,7,9}, then x2 down."""
-    k = int(rng.choice([3, 5, 7, 9]))
-    blurred = cv2.GaussianBlur(hr, (k, k), 0)
-    return cv2.resize(blurred, (hr.shape[1] // 2, hr.shape[0] // 2), interpolation=cv2.INTER_AREA)
 
 
 def sr_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: int) -> tuple[np.ndarray, np.ndarray]:
