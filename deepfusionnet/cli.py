@@ -8,9 +8,11 @@ line on stderr and exit code 1 (no traceback); ``--json`` puts machine-readable 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
+import signal
 import sys
 
 from deepfusionnet import __version__
@@ -36,12 +38,31 @@ def emit_json(obj) -> None:
     sys.stdout.flush()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; here 2 means "some inputs of a batch failed", so use 1."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+# OS errors that are about the user's files or machine (not a bug): one line, exit 1.
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+                errno.EEXIST, errno.EDQUOT, errno.ENAMETOOLONG, errno.EMFILE, errno.EIO}
+
+
+def _on_sigterm(signum, frame):
+    # A service manager stopping us gets the same clean stop as Ctrl-C: temporaries removed,
+    # finished outputs kept.
+    raise KeyboardInterrupt
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dfn", description="DeepFusionNet deploy toolkit: train, export, build, enhance, benchmark.")
     parser.add_argument("--version", action="version", version=f"deepfusionnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     for name, (module, help_text, extra) in COMMANDS.items():
         mod = importlib.import_module(module)
@@ -58,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
-        return 2
+        return 1
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (dfn called from a library): leave signals alone
+        pass
     try:
         return int(args._module.run(args) or 0)
     except DFNError as exc:
@@ -72,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"dfn {args.command}: error: out of memory; try a smaller --tile", file=sys.stderr)
         return 1
-    except Exception:
+    except Exception as exc:
         if os.environ.get("DFN_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:  # disk full, permissions, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"dfn {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 1
         import traceback
 
-        # A bug, not a user error: keep the details, but in a file, not on the user's terminal.
+        # A bug, not a user error: one line on the terminal; DFN_DEBUG=1 shows the whole traceback.
         print(f"dfn {args.command}: internal error: {traceback.format_exc().strip().splitlines()[-1]} "
               "(set DFN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 3

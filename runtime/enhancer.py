@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
+from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.artifacts import Artifact, resolve
 from deepfusionnet.runtime.backends.base import Backend, load_backend
 from deepfusionnet.runtime.processing import run_tiled, to_image, to_tensor
@@ -34,9 +36,35 @@ class Enhancer:
         dtype = np.dtype(self.backend.inputs[0].dtype) if self.backend.inputs[0].dtype in ("float32", "float16") else np.float32
 
         def fn(t: np.ndarray) -> np.ndarray:
-            return np.asarray(self.backend.infer({name_in: np.ascontiguousarray(t, dtype=dtype)})[name_out], np.float32)
+            y = np.asarray(self.backend.infer({name_in: np.ascontiguousarray(t, dtype=dtype)})[name_out], np.float32)
+            if y.shape[-2:] != (t.shape[-2] * self.scale, t.shape[-1] * self.scale):
+                # A wrong scale would otherwise be cropped away silently.
+                raise DFNError(f"{self.artifact.path}: output {y.shape[-2]}x{y.shape[-1]} for an input of "
+                               f"{t.shape[-2]}x{t.shape[-1]}, expected scale {self.scale} (set \"scale\" in "
+                               f"{self.artifact.path.name}.json)")
+            return y
 
-        return run_tiled(fn, x, self.tile, self.overlap, self.scale, self.artifact.multiple)
+        fixed, tile = self.fixed_size, self.tile
+        if fixed is not None:  # a fixed-size graph: pad each frame (or tile) up to exactly that size
+            run_one = fn
+
+            def fn(t: np.ndarray) -> np.ndarray:
+                h, w = t.shape[-2:]
+                tp = np.pad(t, ((0, 0), (0, 0), (0, fixed[0] - h), (0, fixed[1] - w)), mode="symmetric")
+                return run_one(tp)[..., : h * self.scale, : w * self.scale]
+
+            if x.shape[-2] <= fixed[0] and x.shape[-1] <= fixed[1]:
+                return fn(x)
+            tile = min(tile, *fixed)
+        return run_tiled(fn, x, tile, self.overlap, self.scale, self.artifact.multiple)
+
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` when the backend's input has a fixed spatial size (a static-shape export)."""
+        shape = self.backend.inputs[0].shape
+        if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            return int(shape[2]), int(shape[3])
+        return None
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return to_image(self.run_tensor(to_tensor(rgb)))
@@ -58,4 +86,84 @@ def open_enhancer(model: str, backend: str = "default", tile: int = DEFAULT_TILE
     artifact = resolve(model, kind)
     name = backend_for(artifact, backend)
     be = load_backend(name, artifact.path, **options)
+    try:
+        check_image_io(be, artifact.path)
+    except BaseException:
+        be.close()
+        raise
     return Enhancer(be, artifact, tile, overlap)
+
+
+def check_image_io(be: Backend, path) -> None:
+    """Refuse a model that is not image-to-image (one float (N, 3, H, W) input, a 3-channel output)
+    before any frame reaches it, so a foreign ONNX or engine is a clear error, not a crash or a silently
+    wrong picture. Dimensions a backend reports as dynamic (None, strings, -1) are accepted."""
+
+    def fits(t) -> bool:
+        if not t.shape:  # a backend that cannot tell: nothing to check
+            return True
+        c = t.shape[1] if len(t.shape) > 1 else None
+        return len(t.shape) == 4 and (c == 3 or not (isinstance(c, int) and c > 0))
+
+    ins, outs = list(be.inputs), list(be.outputs)
+    bad = (len(ins) != 1 or not outs or not fits(ins[0]) or not fits(outs[0])
+           or ins[0].dtype not in ("float32", "float16"))
+    if bad:
+        desc = "; ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in ins + outs[:1])
+        raise DFNError(f"{path}: not an image enhancement model (has {desc}; expected one float (1, 3, H, W) "
+                       "input and a (1, 3, H', W') output)")
+
+
+@dataclass
+class Chain:
+    """The enhancer followed by a super-resolution model, both in float (no uint8 round trip between).
+
+    ``fast=False``: enhance, then upscale (output ``sr.scale`` x larger). ``fast=True``: shrink the frame
+    by ``sr.scale``, enhance at that size and let the SR model bring it back to the input size, which
+    costs about a quarter of the enhancer's full-size work (for cameras that need the frame rate).
+    """
+
+    enhancer: Enhancer
+    sr: Enhancer | None = None
+    fast: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fast and self.sr is None:
+            raise ValueError("fast mode needs an SR model")
+
+    @property
+    def scale(self) -> int:
+        if self.sr is None or self.fast:
+            return self.enhancer.scale
+        return self.enhancer.scale * self.sr.scale
+
+    @property
+    def stages(self) -> list[Enhancer]:
+        return [self.enhancer] + ([self.sr] if self.sr is not None else [])
+
+    def run_tensor(self, x: np.ndarray) -> np.ndarray:
+        """float32 NCHW in [0, 1] -> float32 NCHW, ``scale`` x larger."""
+        if self.sr is None:
+            return self.enhancer.run_tensor(x)
+        if not self.fast:
+            return self.sr.run_tensor(self.enhancer.run_tensor(x))
+        h, w = x.shape[-2:]
+        s = self.sr.scale
+        small = resize_tensor(x, (-(-h // s), -(-w // s)))
+        y = self.sr.run_tensor(self.enhancer.run_tensor(small))
+        return y[..., :h, :w] if y.shape[-2:] != (h, w) else y  # ceil(h/s)*s overshoots by < s pixels
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return to_image(self.run_tensor(to_tensor(rgb)))
+
+    def close(self) -> None:
+        for stage in self.stages:
+            stage.close()
+
+
+def resize_tensor(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-resize a float ``(1, 3, H, W)`` tensor to ``size`` = (H, W)."""
+    h, w = size
+    hwc = np.ascontiguousarray(x[0].transpose(1, 2, 0))
+    out = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(out.transpose(2, 0, 1)[None])

@@ -7,8 +7,11 @@ RGBA, palette and CMYK images all come out as 8-bit RGB.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import cv2
@@ -17,9 +20,9 @@ import numpy as np
 from deepfusionnet.errors import DFNError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-DEFAULT_MAX_PIXELS = 200_000_000
+DEFAULT_MAX_PIXELS = 200_000_000  # ~ a 16k x 12k frame; bigger is refused before decoding
 _UMASK = os.umask(0)
-os.umask(_UMASK)  # ~ a 16k x 12k frame; bigger is refused before decoding
+os.umask(_UMASK)
 
 
 def is_image_path(path: str | Path) -> bool:
@@ -31,7 +34,8 @@ def _to_uint8_rgb(arr: np.ndarray, mode: str) -> np.ndarray:
         if np.issubdtype(arr.dtype, np.floating):
             arr = np.clip(arr, 0.0, 1.0) * 255.0 + 0.5
         elif arr.dtype in (np.uint16, np.int32, np.uint32) or mode.startswith("I"):
-            # 16-bit data (Pillow hands 16-bit gray out as int32): keep the top 8 bits.
+            # 16-bit data scaled with rounding; plain 32-bit integers ("I") are taken as 16-bit when
+            # they exceed 255, else as 8-bit values.
             peak = 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") or arr.dtype == np.uint16 else 255.0
             arr = np.clip(arr.astype(np.float64) * (255.0 / peak) + 0.5, 0, 255)
         arr = arr.astype(np.uint8)
@@ -40,14 +44,19 @@ def _to_uint8_rgb(arr: np.ndarray, mode: str) -> np.ndarray:
     elif arr.shape[2] == 4:  # composite on black: a night frame's transparent parts are dark
         alpha = arr[..., 3:4].astype(np.float32) / 255.0
         arr = (arr[..., :3].astype(np.float32) * alpha + 0.5).astype(np.uint8)
-    elif arr.shape[2] == 2:  # gray + alpha
-        arr = np.repeat(arr[..., :1], 3, axis=2)
+    elif arr.shape[2] == 2:  # gray + alpha, same rule
+        alpha = arr[..., 1:2].astype(np.float32) / 255.0
+        arr = np.repeat((arr[..., :1].astype(np.float32) * alpha + 0.5).astype(np.uint8), 3, axis=2)
     return np.ascontiguousarray(arr[..., :3])
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read ``path`` as uint8 ``(H, W, 3)`` RGB, or raise :class:`DFNError` naming the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Read ``path`` as uint8 ``(H, W, 3)`` RGB, or raise :class:`DFNError` naming the file.
+
+    The size in the header is checked against ``max_pixels`` before any pixel is decoded. EXIF
+    orientation is applied, so the array is the picture as a viewer shows it.
+    """
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
@@ -57,39 +66,111 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     if path.stat().st_size == 0:
         raise DFNError(f"{path}: empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise DFNError(
-                    f"{path}: image claims {w}x{h} = {w * h / 1e6:.0f} MP, above the {max_pixels / 1e6:.0f} MP "
-                    "limit (raise it with --max-pixels if this is real)"
-                )
-            if w < 1 or h < 1:
-                raise DFNError(f"{path}: image has no pixels ({w}x{h})")
-            im = ImageOps.exif_transpose(im)
-            mode = im.mode
-            if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1", "L", "LA", "RGBa", "La"):
-                im = im.convert("RGBA" if "A" in mode or "a" in mode or (mode == "P" and "transparency" in im.info) else "RGB")
-                mode = im.mode
-            arr = np.asarray(im)
+        # Pillow warns about damaged metadata it skips; a good picture needs no such noise, and a
+        # bad one gets its one-line error below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open_checked(path, max_pixels) as im:
+                arr = _decode(path, im)
+                orientation = _exif_orientation(im)
     except DFNError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise DFNError(f"{path}: refused, {exc}") from None
     except UnidentifiedImageError:
         arr = _read_with_opencv(path)
         if arr is None:
             raise DFNError(f"{path}: not an image file, or a format that cannot be read") from None
         return arr
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise DFNError(f"{path}: corrupt or truncated image ({exc})") from None
-    return _to_uint8_rgb(arr, mode)
+    except PermissionError:
+        raise DFNError(f"{path}: permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+        raise DFNError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+    return _orient(arr, orientation)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _open_checked(path: Path, max_pixels: int):
+    """``Image.open`` (header only) with our pixel limit in place of Pillow's bomb check."""
+    from PIL import Image
+
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; our limit is checked right
+    # after, so only widen Pillow's (never narrow it) to let a user-raised --max-pixels through.
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+    try:
+        im = Image.open(path)  # reads the header only; DecompressionBombWarning is silenced by the caller
+    except Image.DecompressionBombError as exc:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        claims = f"{int(m.group(1)) / 1e6:,.0f} MP" if m else "too many pixels"
+        raise DFNError(f"{path}: image header claims {claims}, above the {max_pixels / 1e6:,.0f} MP limit; "
+                       "refused before decoding") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise DFNError(f"{path}: image header claims {w}x{h} = {w * h / 1e6:,.0f} MP, above the "
+                       f"{max_pixels / 1e6:,.0f} MP limit; refused before decoding")
+    if w < 1 or h < 1:
+        im.close()
+        raise DFNError(f"{path}: image has no pixels ({w}x{h})")
+    return im
+
+
+def _exif_orientation(im) -> int:
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block must not lose an otherwise good picture
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _decode(path: Path, im) -> np.ndarray:
+    """Pixels as uint8 RGB (H, W, 3), in file order (orientation not yet applied)."""
+    tile = im.tile[0] if getattr(im, "tile", None) else None
+    rawmode = (tile.args[0] if isinstance(tile.args, tuple) else tile.args) if tile else ""
+    if im.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode:
+        # Pillow truncates 16-bit colour to 8 bits; OpenCV keeps all 16 for proper rounding.
+        # The size has already been checked, so decoding here is safe.
+        arr = _read_with_opencv(path)
+        if arr is not None:
+            return arr
+    im.load()
+    mode = im.mode
+    if mode not in ("RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        keep_alpha = "A" in mode or "a" in mode or (mode == "P" and "transparency" in im.info)
+        im = im.convert("RGBA" if keep_alpha else "RGB")
+        mode = im.mode
+    return _to_uint8_rgb(np.asarray(im), mode)
+
+
+_TRANSFORMS = {  # EXIF orientation -> what makes the stored pixels upright
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, -1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    if orientation in _TRANSFORMS:
+        arr = np.ascontiguousarray(_TRANSFORMS[orientation](arr))
+    return arr
 
 
 def _read_with_opencv(path: Path) -> np.ndarray | None:
     """Fallback for what Pillow does not know (e.g. some 16-bit multi-channel TIFFs)."""
     buf = np.fromfile(path, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no libtiff chatter on stderr
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16 bits and alpha
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if img is None:
         return None
     if img.ndim == 3:
@@ -100,9 +181,12 @@ def _read_with_opencv(path: Path) -> np.ndarray | None:
 def encode_image(rgb: np.ndarray, suffix: str) -> bytes:
     """Encode uint8 RGB as the format named by ``suffix`` (".png", ".jpg", ...)."""
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix.lower(), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    try:
+        ok, buf = cv2.imencode(suffix.lower(), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    except cv2.error:  # OpenCV raises, rather than returning False, for a suffix it does not know
+        ok = False
     if not ok:
-        raise DFNError(f"cannot encode an image as {suffix}")
+        raise DFNError(f"cannot write {suffix or 'extension-less'} images; use one of {', '.join(IMAGE_SUFFIXES)}")
     return buf.tobytes()
 
 
@@ -110,6 +194,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A write of this file cut short by kill -9 (nothing else can stop the clean-up below) left its
+    # temporary behind; writing the file again is the moment to remove it.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs normal permissions

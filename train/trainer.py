@@ -73,7 +73,7 @@ class TrainConfig:
 
 
 # Options that may change between a run and its resumption without changing what is learned.
-_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes"}
+_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out"}  # "out": a run folder may be moved
 
 
 def _dist() -> tuple[int, int]:
@@ -82,6 +82,34 @@ def _dist() -> tuple[int, int]:
         torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This rank's share of the epoch's sample order: one permutation per epoch, dealt round-robin."""
+    return np.random.default_rng([seed, epoch]).permutation(n)[rank::world]
+
+
+def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict:
+    """The run's checkpoint, after checking that ``cfg`` is the configuration it was started with."""
+    ckpt_path = out / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise DFNError(f"{out}: nothing to resume (no checkpoint.pt; was the run started with this --out?)")
+    try:
+        saved_cfg = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DFNError(f"{out / 'config.json'}: missing or unreadable ({exc})") from None
+    diff = [f"{k}: {saved_cfg.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in _RUN_CONTROL and saved_cfg.get(k) != v]
+    if diff:
+        raise DFNError(f"{out}: --resume needs the options the run was started with; changed: {', '.join(diff)}")
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if not {"model", "optimizer", "epoch", "step", "best", "history", "torch_rng"} <= set(state):
+            raise ValueError("entries missing")
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DFNError(f"{ckpt_path}: unreadable checkpoint ({first})") from None
+    return state
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -133,9 +161,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)
     if cfg.init and not resume:
-        init_model, init_name = load_model(cfg.init)
-        if init_name != cfg.model:
-            raise DFNError(f"{cfg.init}: holds {init_name!r} weights, not {cfg.model!r}")
+        init_model, _ = load_model(cfg.init, name=cfg.model)
         model.load_state_dict(init_model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = max(1, len(trainset) // (cfg.batch_size * world))
@@ -146,44 +172,43 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             return cfg.lr
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
-    epoch, step_in_epoch, best, history = 0, 0, -1.0, []
+    epoch, step_in_epoch, best, history, losses = 0, 0, -1.0, [], []
     if resume:
-        if not ckpt_path.is_file():
-            raise DFNError(f"{ckpt_path}: nothing to resume (no checkpoint in {out})")
-        saved_cfg = json.loads((out / "config.json").read_text())
-        diff = {k: (saved_cfg.get(k), v) for k, v in dataclasses.asdict(cfg).items()
-                if k not in _RUN_CONTROL and saved_cfg.get(k) != v}
-        if diff:
-            raise DFNError(f"{out}: --resume with different options than the run was started with: {diff}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(out, cfg)
+        if state.get("world", 1) != world:  # the data shards, and so the batches, depend on it
+            raise DFNError(f"{out}: the run was started with {state.get('world', 1)} process(es), resumed with "
+                           f"{world}; resume with the same torchrun --nproc_per_node")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch, step_in_epoch, best = state["epoch"], state["step"], state["best"]
         history = state["history"]
+        losses = list(state.get("epoch_losses", []))
         torch.set_rng_state(state["torch_rng"])
+    elif ckpt_path.exists():  # checked on every rank, so no rank starts while another refuses
+        raise DFNError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     elif rank == 0:
-        if ckpt_path.exists():
-            raise DFNError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2).encode())
+    if rank == 0:
+        for stale in out.glob(".*.part"):  # temporaries of a write cut short by kill -9
+            stale.unlink(missing_ok=True)
 
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
 
-    def checkpoint(ep: int, st: int) -> None:
+    def checkpoint(ep: int, st: int, epoch_losses: list[float]) -> None:
         if rank != 0:
             return
         _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": ep, "step": st,
-                            "best": best, "history": history, "torch_rng": torch.get_rng_state()}, ckpt_path)
+                            "best": best, "history": history, "torch_rng": torch.get_rng_state(),
+                            "epoch_losses": list(epoch_losses), "world": world}, ckpt_path)
 
     last_ckpt = time.monotonic()
     global_step = epoch * steps_per_epoch + step_in_epoch
     while epoch < cfg.epochs:
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(trainset))
-        order = order[rank::world]
+        order = epoch_order(len(trainset), cfg.seed, epoch, rank, world)
         net.train()
-        losses = []
         bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
                    disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1",
                    initial=step_in_epoch, total=steps_per_epoch)
@@ -207,14 +232,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             global_step += 1
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", best_val_psnr=f"{best:.2f}")
+            step_in_epoch = step + 1
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                checkpoint(epoch, step + 1)
+                checkpoint(epoch, step_in_epoch, losses)
                 last_ckpt = time.monotonic()
             if cfg.max_steps and global_step >= cfg.max_steps:
                 break
-        stopped_early = bool(cfg.max_steps and global_step >= cfg.max_steps and step + 1 < steps_per_epoch)
-        if stopped_early:
-            checkpoint(epoch, step + 1)
+        if step_in_epoch < steps_per_epoch:  # stopped by --max-steps inside an epoch
+            checkpoint(epoch, step_in_epoch, losses)
+            if rank == 0:
+                save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
             break
         epoch += 1
         step_in_epoch = 0
@@ -230,12 +257,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch})
             _write_metrics(out, history)
             print(json.dumps(row), file=sys.stderr, flush=True)
-        checkpoint(epoch, 0)
+        losses = []
+        checkpoint(epoch, 0, losses)
         last_ckpt = time.monotonic()
         if cfg.max_steps and global_step >= cfg.max_steps:
             break
     if world > 1:
         torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return {"epochs_done": epoch, "steps": global_step, "best_val_psnr": best, "history": history, "out": str(out)}
 
 
@@ -270,7 +299,9 @@ def _plot_curves(out: Path, history: list[dict]) -> None:
         ax[1].plot(*zip(*vals), marker=".")
     ax[1].set(xlabel="epoch", ylabel="validation PSNR (dB)")
     fig.tight_layout()
-    tmp = out / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=90)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, out / "curves.png")
+    atomic_write_bytes(out / "curves.png", buf.getvalue())

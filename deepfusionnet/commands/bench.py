@@ -1,15 +1,79 @@
-"""(not yet implemented)"""
+"""Latency benchmark: models x backends x precisions x sizes, timed side by side, optionally with eval15 quality.
+
+Rows of one model and size are timed round-robin after a warm-up, so their ratios hold on a busy
+machine. p50/p90/p99/mean and fps are end to end (decode + pre + inference + post); infer_* is the
+inference alone. "× eager FP32" compares with the PyTorch eager row of the same run.
+
+Model specs: a shipped name or file; A+B chains two models; half:A+B runs A at half size and B
+(the 2x SR model) back to full size.
+
+examples:
+  dfn bench deepfusionnet --backend auto --size 600x400 --json
+  dfn bench deepfusionnet --backend torch,onnxruntime,openvino --precision fp32,bf16 --runs 10
+  dfn bench half:deepfusionnet+deepfusionnet-sr --backend openvino --quality ../shared/data/lol-v1/eval15
+"""
 
 from __future__ import annotations
 
 import argparse
 
 
+def _list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("model", nargs="+", help="shipped name, .onnx file, A+B chain or half:A+B")
+    p.add_argument("--backend", default="torch,onnxruntime,openvino,auto",
+                   help="comma list of torch, onnxruntime, openvino, ort-cuda, tensorrt, auto "
+                        "(default: %(default)s)")
+    p.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, bf16, int8, or all (default: fp32)")
+    p.add_argument("--size", default="600x400", help="comma list of WIDTHxHEIGHT (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per row after warm-up (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: every core)")
+    p.add_argument("--artifacts", metavar="DIR", default=None,
+                   help="folder holding NAME.onnx / NAME.fp16.onnx / NAME.int8.onnx to use for shipped names")
+    p.add_argument("--quality", metavar="DIR", default=None,
+                   help="paired folder (e.g. lol-v1/eval15) to add PSNR/SSIM per row")
+    p.add_argument("--quality-limit", type=int, default=None, help="score only the first N pairs")
+    p.add_argument("--plot", metavar="FILE", default=None, help="write latency vs PSNR plot (needs --quality)")
+    p.add_argument("--markdown", metavar="FILE", default=None, help="write the table as Markdown")
+    p.add_argument("--output", "-o", metavar="FILE", default=None, help="write the JSON result to a file")
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepfusionnet.errors import DFNError
+    import json
+    import sys
+    from pathlib import Path
 
-    raise DFNError("dfn bench is not implemented yet")
+    from deepfusionnet.cli import emit_json
+    from deepfusionnet.runtime.bench import PRECISIONS, bench, machine_markdown, markdown_table, parse_size, plot_frontier
+    from deepfusionnet.runtime.images import atomic_write_bytes
+
+    precisions = list(PRECISIONS) if args.precision == "all" else _list(args.precision)
+    sizes = [parse_size(s) for s in _list(args.size)]
+    pairs = None
+    if args.quality:
+        from deepfusionnet.runtime.pairs import find_pairs
+
+        pairs = find_pairs(args.quality)[: args.quality_limit or None]
+
+    def log(line: str) -> None:
+        print(f"dfn bench: {line}", file=sys.stderr, flush=True)
+
+    result = bench(args.model, _list(args.backend), precisions, sizes, runs=args.runs, warmup=args.warmup,
+                   threads=args.threads, artifacts=args.artifacts, quality_pairs=pairs, log=log)
+    table = markdown_table(result)
+    if args.output:
+        atomic_write_bytes(Path(args.output), json.dumps(result, indent=2, default=str).encode())
+    if args.markdown:
+        atomic_write_bytes(Path(args.markdown), (machine_markdown(result["machine"]) + "\n" + table).encode())
+    if args.plot:
+        plot_frontier(result, args.plot)
+    if args.json:
+        emit_json(result)
+    else:
+        print(machine_markdown(result["machine"]), file=sys.stderr)
+        print(table, file=sys.stderr)
+    return 0

@@ -1,15 +1,83 @@
-"""(not yet implemented)"""
+"""Export a model to ONNX in FP32, FP16 or INT8 (precision in the graph), checked against PyTorch.
+
+FP16 is a float16 graph with FP32 inputs/outputs and the fragile nodes kept FP32; INT8 is explicit
+symmetric Q/DQ calibrated on real night frames. Both build on TensorRT 10 and 11 (strongly typed).
+After export the graph runs against the PyTorch model on real images; a missed tolerance is an error
+(exit 1) unless --no-check.
+
+examples:
+  dfn export deepfusionnet -o dfn-640x480.onnx
+  dfn export deepfusionnet -o dfn-int8.onnx --precision int8 --calib ../shared/data/lol-v1/train/low
+  dfn export deepfusionnet -o runtime/weights/deepfusionnet.onnx --dynamic --precision fp32
+
+Writes OUT.onnx and OUT.onnx.json (the sidecar: IO, hashes, tool versions, calibration, parity).
+"""
 
 from __future__ import annotations
 
 import argparse
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 640x480, not {text!r}") from None
+    return w, h
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("model", help="shipped model name (deepfusionnet, deepfusionnet-sr) or a weights file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--size", type=_size, default=(640, 480), metavar="WxH",
+                       help="fixed input size (default 640x480; smaller frames are padded, larger ones tiled)")
+    shape.add_argument("--dynamic", action="store_true", help="dynamic height and width instead of a fixed size")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy",
+                   help="torch.onnx path: legacy TorchScript (default) or dynamo")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    g = p.add_argument_group("INT8 calibration")
+    g.add_argument("--calib", metavar="DIR", help="night frames to calibrate on (default: LOL-v1 train/low "
+                   "beside the repository, else samples/night)")
+    g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="percentile")
+    g.add_argument("--calib-count", type=int, default=32, metavar="N", help="frames to calibrate on (default 32)")
+    g.add_argument("--calib-size", type=_size, default=(320, 240), metavar="WxH", help="calibration size (default 320x240)")
+    c = p.add_argument_group("parity check against PyTorch")
+    c.add_argument("--no-check", action="store_true", help="skip the parity check")
+    c.add_argument("--check-data", metavar="DIR", help="images or low/high pairs (default: LOL-v1 eval15 beside "
+                   "the repository, else samples/night)")
+    c.add_argument("--check-images", type=int, default=4, metavar="N", help="images to check (default 4; 0 = all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the check")
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepfusionnet.errors import DFNError
+    import sys
+    from pathlib import Path
 
-    raise DFNError("dfn export is not implemented yet")
+    from deepfusionnet.errors import DFNError, require
+
+    require("torch", "export")
+    require("onnx", "export")
+    from deepfusionnet.cli import emit_json
+    from deepfusionnet.export.pipeline import ExportOptions, export_model
+
+    say = (lambda s: print(s, file=sys.stderr))
+    opts = ExportOptions(
+        precision=args.precision, size=None if args.dynamic else args.size, opset=args.opset,
+        exporter=args.exporter, simplify=not args.no_simplify,
+        calib_dir=Path(args.calib) if args.calib else None, calib_method=args.calib_method,
+        calib_count=args.calib_count, calib_size=args.calib_size, check=not args.no_check,
+        check_data=Path(args.check_data) if args.check_data else None, check_images=args.check_images,
+        threads=args.threads)
+    result = export_model(args.model, args.output, opts, progress=say)
+    if result.parity is not None:
+        for line in result.parity.lines():
+            say(line)
+    if args.json:
+        emit_json({"path": str(result.path), "sidecar": str(result.sidecar), **result.info})
+    if not result.passed:
+        raise DFNError(f"{result.path}: parity check failed ({'; '.join(result.parity.failures())}); the file is "
+                       "kept for inspection; use --no-check to accept it, or try another --calib-method / precision")
+    return 0

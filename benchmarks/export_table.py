@@ -1,0 +1,139 @@
+"""Precision table for docs/export.md: every precision x PSNR vs ground truth x PSNR vs PyTorch x size.
+
+Exports the shipped enhancer and SR weights in FP32, FP16 and INT8 (dynamic H/W, default export
+settings), runs each on ONNX Runtime CPU over the full eval15 set and compares it with PyTorch FP32.
+The SR model is scored the usual SR way: eval15's normal-light images downscaled 2x (area) as input,
+the originals as ground truth.
+
+    .venv/bin/python benchmarks/export_table.py            # writes benchmarks/results/export_table.{json,md}
+    .venv/bin/python benchmarks/export_table.py --models deepfusionnet --keep runs/export
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "lol-v1" / "eval15"
+
+
+def sr_items(data: Path, work: Path) -> list[tuple[Path, Path]]:
+    """(2x area-downscaled normal-light image, original) pairs for the SR model."""
+    from deepfusionnet.runtime.images import read_image, write_image
+    from deepfusionnet.runtime.pairs import find_pairs
+
+    out = []
+    for _, hp in find_pairs(data):
+        hi = read_image(hp)
+        h, w = hi.shape[0] // 2 * 2, hi.shape[1] // 2 * 2
+        lr = cv2.resize(hi[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        lp = work / "sr-lr" / hp.name
+        write_image(lp, lr)
+        gp = work / "sr-hr" / hp.name
+        write_image(gp, hi[:h, :w])
+        out.append((lp, gp))
+    return out
+
+
+def cached(fn):
+    """Memoise a model on its input, so the PyTorch reference runs once per image for all precisions."""
+    memo: dict[str, np.ndarray] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(x.tobytes()).hexdigest() + str(x.shape)
+        if key not in memo:
+            memo[key] = fn(x)
+        return memo[key]
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="eval pairs (default: LOL-v1 eval15)")
+    ap.add_argument("--models", nargs="+", default=["deepfusionnet", "deepfusionnet-sr"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"])
+    ap.add_argument("--calib", type=Path, default=None, help="INT8 calibration frames (export default if omitted)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where export_table.{json,md} go")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the exported graphs in this folder")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    from deepfusionnet.export.pipeline import ExportOptions, export_model
+    from deepfusionnet.runtime.compare import run_parity
+    from deepfusionnet.runtime.enhancer import open_enhancer
+    from deepfusionnet.runtime.pairs import find_pairs
+    from deepfusionnet.train.weights import file_sha256
+
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    tmp = tempfile.TemporaryDirectory(prefix="dfn-export-table-")
+    work = args.keep or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    opts_thr = {"threads": args.threads} if args.threads else {}
+    rows = []
+    for model in args.models:
+        items = sr_items(args.data, work) if model.endswith("-sr") else find_pairs(args.data)
+        ref_enh = open_enhancer(model, "torch", **opts_thr)
+        reference = cached(ref_enh.run_tensor)
+        for precision in args.precisions:
+            path = work / f"{model}-{precision}.onnx"
+            t0 = time.perf_counter()
+            export_model(model, path, ExportOptions(precision=precision, size=None, check=False, calib_dir=args.calib,
+                                                    threads=args.threads), progress=say)
+            export_s = time.perf_counter() - t0
+            cand = open_enhancer(str(path), "onnxruntime", **opts_thr)
+            report = run_parity(reference, cand.run_tensor, items, precision, f"{model} [torch fp32]",
+                                f"{path.name} [onnxruntime]", progress=say)
+            cand.close()
+            for line in report.lines():
+                say(line)
+            s = report.summary()
+            rows.append({
+                "model": model, "precision": precision, "file_mb": round(path.stat().st_size / 1e6, 2),
+                "gt_psnr_torch": s.get("gt_psnr_reference"), "gt_psnr": s.get("gt_psnr_candidate"),
+                "gt_drop": s.get("gt_drop"), "psnr_vs_torch_min": s["psnr_min"], "psnr_vs_torch_mean": s["psnr_mean"],
+                "ssim_vs_torch_min": s["ssim_min"], "max_abs": s["max_abs"], "passed": report.passed,
+                "images": s["images"], "export_s": round(export_s, 1),
+            })
+        weights_sha = file_sha256(ref_enh.artifact.path)
+        for r in rows:
+            if r["model"] == model:
+                r["weights_sha256"] = weights_sha
+        ref_enh.close()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {"data": str(args.data), "backend": "onnxruntime CPU", "reference": "PyTorch FP32 (same weights)",
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+    from deepfusionnet.runtime.compare import _finite
+
+    (args.out / "export_table.json").write_text(json.dumps(_finite(doc), indent=2) + "\n")
+    (args.out / "export_table.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+    return 0
+
+
+def markdown(rows: list[dict]) -> str:
+    def db(v) -> str:
+        return "-" if v is None else ("identical" if v == float("inf") else f"{v:.2f}")
+
+    lines = ["| model | precision | PSNR vs GT (dB) | PyTorch FP32 vs GT (dB) | PSNR vs PyTorch, worst / mean (dB) | "
+             "max abs err | file (MB) | tolerance |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['precision'].upper()} | {db(r['gt_psnr'])} | {db(r['gt_psnr_torch'])} | "
+                     f"{db(r['psnr_vs_torch_min'])} / {db(r['psnr_vs_torch_mean'])} | {r['max_abs']:.2g} | "
+                     f"{r['file_mb']:.1f} | {'pass' if r['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

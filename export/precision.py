@@ -1,0 +1,277 @@
+"""Precision in the graph: FP32 ONNX -> FP16 ONNX (onnxconverter-common) or INT8 Q/DQ ONNX (ONNX Runtime).
+
+TensorRT 11 has no FP16/INT8 builder switches and no implicit calibrators, so precision must live in
+the ONNX graph; TensorRT 10 (JetPack 6) builds the same graphs strongly typed. Both conversions keep
+FP32 inputs/outputs and keep the numerically fragile nodes in FP32:
+
+- FP16: the global (spatial) ReduceMean/ReduceMax of CBAM attention (a mean over a whole frame), and
+  any node whose FP32 activations were measured above ``data_max`` on real frames.
+- INT8: symmetric (zero point 0, as TensorRT requires) per-channel weights and per-tensor activations,
+  calibrated on real night frames; the input convolutions and the output head (last conv + sigmoid)
+  stay in floating point, as INT8 in them visibly shifts colours of enhancement/SR nets.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from deepfusionnet.errors import DFNError, require
+
+FP16_MAX = 65504.0
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+# -- graph structure ------------------------------------------------------------------------------
+
+def _producers(graph) -> dict:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def input_convs(graph) -> list[str]:
+    """Convolutions that read a graph input directly (the first layer)."""
+    inputs = {i.name for i in graph.input}
+    return [n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs]
+
+
+def output_head(graph) -> list[str]:
+    """Nodes from each graph output back to, and including, the nearest convolution (conv + sigmoid)."""
+    prod, seen, out = _producers(graph), set(), []
+    stack = [o.name for o in graph.output]
+    while stack:
+        node = prod.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        out.append(node.name)
+        if node.op_type != "Conv":
+            stack.extend(node.input)
+    return out
+
+
+def spatial_reductions(graph) -> list[str]:
+    """ReduceMean/ReduceMax nodes over H and W (global pooling): a sum over a whole frame."""
+    out = []
+    for n in graph.node:
+        if n.op_type in ("ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2"):
+            axes = next((list(a.ints) for a in n.attribute if a.name == "axes"), None)
+            if axes is None or {a % 4 for a in axes} & {2, 3}:  # axes as an input (opset 18+): assume spatial
+                out.append(n.name)
+    return out
+
+
+# -- FP16 -----------------------------------------------------------------------------------------
+
+def activation_peaks(proto, feeds: Iterable[dict]) -> dict[str, float]:
+    """Largest absolute value of every intermediate tensor of the FP32 graph over ``feeds``."""
+    onnx = require("onnx", "export")
+    import onnxruntime as ort
+
+    probe = onnx.shape_inference.infer_shapes(proto)
+    known = {o.name for o in probe.graph.output}
+    for vi in probe.graph.value_info:
+        if vi.name not in known and vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            probe.graph.output.append(vi)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor visible
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    peaks: dict[str, float] = {}
+    for feed in feeds:
+        for name, value in zip(names, sess.run(names, feed)):
+            v = float(np.max(np.abs(value))) if value.size else 0.0
+            peaks[name] = max(peaks.get(name, 0.0), v)
+    return peaks
+
+
+def fp16_from_onnx(proto, block_nodes: Iterable[str] = (), block_ops: Iterable[str] = (),
+                   peaks: dict[str, float] | None = None, data_max: float = FP16_MAX / 8):
+    """Convert an FP32 graph to FP16 with FP32 inputs/outputs; returns ``(proto, nodes kept FP32)``.
+
+    Kept in FP32: spatial reductions, nodes named in ``block_nodes``, nodes whose output peak (from
+    :func:`activation_peaks`) exceeds ``data_max`` (headroom: TensorRT may fuse ops and see larger
+    intermediates than ONNX Runtime does), and every node of an op type in ``block_ops``.
+    """
+    require("onnx", "export")
+    float16 = require("onnxconverter_common.float16", "export", "onnxconverter-common")
+
+    keep = set(block_nodes) | set(spatial_reductions(proto.graph))
+    if peaks:
+        keep |= {n.name for n in proto.graph.node if any(peaks.get(o, 0.0) > data_max for o in n.output)}
+    model = type(proto)()
+    model.CopyFrom(proto)
+    # Stale FP32 value_info makes the converter emit a Cast whose declared type contradicts its output.
+    del model.graph.value_info[:]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one warning per tiny weight clamped to 1e-7: noise
+            half = float16.convert_float_to_float16(
+                model, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(block_ops),
+                node_block_list=sorted(keep))
+    except Exception as exc:
+        raise DFNError(f"FP16 conversion failed ({str(exc).splitlines()[0][:300]})") from None
+    return half, sorted(keep)
+
+
+# -- INT8 calibration ---------------------------------------------------------------------------
+
+def default_calibration_dir() -> Path:
+    """A sample of LOL-v1 train/low beside the repository (or the working folder), else samples/night."""
+    repo = Path(__file__).resolve().parents[1]
+    for base in (Path.cwd(), repo):
+        cand = base.parent / "shared" / "data" / "lol-v1" / "train" / "low"
+        if cand.is_dir():
+            return cand
+    return repo / "samples" / "night"
+
+
+def calibration_images(folder: str | Path, count: int) -> list[Path]:
+    """``count`` images spread evenly over ``folder`` (sorted, so the choice is reproducible)."""
+    from deepfusionnet.runtime.pairs import list_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DFNError(f"{folder}: calibration folder not found")
+    paths = list_images(folder)
+    if not paths:
+        raise DFNError(f"{folder}: no calibration images found")
+    if count and len(paths) > count:
+        idx = np.linspace(0, len(paths) - 1, count).round().astype(int)
+        paths = [paths[i] for i in sorted(set(idx))]
+    return paths
+
+
+def calibration_frame(path: Path, width: int, height: int, multiple: int = 8) -> np.ndarray:
+    """Read ``path`` through the runtime, cover-resize and centre-crop it to ``width`` x ``height``."""
+    import cv2
+
+    from deepfusionnet.runtime.images import read_image
+    from deepfusionnet.runtime.processing import pad_to_multiple, to_tensor
+
+    img = read_image(path)
+    h, w = img.shape[:2]
+    s = max(width / w, height / h)
+    nw, nh = max(width, round(w * s)), max(height, round(h * s))
+    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    y0, x0 = (nh - height) // 2, (nw - width) // 2
+    x, _ = pad_to_multiple(to_tensor(np.ascontiguousarray(img[y0:y0 + height, x0:x0 + width])), multiple)
+    return x
+
+
+def calibration_reader(paths: list[Path], input_name: str, width: int, height: int, multiple: int = 8):
+    """An ONNX Runtime ``CalibrationDataReader`` over night frames (class built here: import stays light)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FrameReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(paths)
+
+        def get_next(self) -> dict | None:
+            path = next(self._it, None)
+            return None if path is None else {input_name: calibration_frame(path, width, height, multiple)}
+
+        def rewind(self) -> None:
+            self._it = iter(paths)
+
+    return FrameReader()
+
+
+def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[str] | None = None,
+                   op_types: Iterable[str] | None = ("Conv",), percentile: float = 99.999):
+    """Quantize an FP32 graph to explicit, symmetric INT8 Q/DQ with ONNX Runtime's ``quantize_static``.
+
+    ``exclude`` defaults to :func:`default_int8_exclusions`; ``op_types`` to convolutions only
+    (TensorRT fuses Q/DQ into convs; elementwise attention ops stay in float). Both measured best on
+    eval15 among: all op types, with/without exclusions, MinMax/Entropy/Percentile calibration. Returns
+    ``(proto, excluded node names, calibration method used)``.
+    """
+    onnx = require("onnx", "export")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIB_METHODS:
+        raise DFNError(f"unknown calibration method {method!r}; choose one of: {', '.join(CALIB_METHODS)}")
+    exclude = default_int8_exclusions(proto.graph) if exclude is None else sorted(exclude)
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[method]
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = percentile
+    with tempfile.TemporaryDirectory(prefix="dfn-int8-") as tmp:
+        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        onnx.save(proto, src)
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception:  # pre-processing is an optimisation; quantize the graph as is
+            pre = src
+        kwargs = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                      per_channel=True, op_types_to_quantize=list(op_types) if op_types else None,
+                      nodes_to_exclude=exclude)
+        used = method
+        try:
+            quantize_static(str(pre), str(dst), reader, calibrate_method=calib, extra_options=extra, **kwargs)
+        except ValueError as exc:
+            if method == "minmax" or "bins" not in str(exc):
+                raise DFNError(f"INT8 quantization failed ({str(exc).splitlines()[0][:300]})") from None
+            # Histogram methods fail on a tensor with an (almost) empty range, e.g. a dead channel of an
+            # untrained model; MinMax handles it.
+            reader.rewind()
+            used = f"minmax (fallback: {method} failed: {str(exc).splitlines()[0][:120]})"
+            quantize_static(str(pre), str(dst), reader, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, **kwargs)
+        except Exception as exc:
+            raise DFNError(f"INT8 quantization failed ({str(exc).splitlines()[0][:300]})") from None
+        return onnx.load(dst), exclude, used
+
+
+def attention_convs(graph) -> list[str]:
+    """Convolutions of attention branches (CBAM's MLP and 7x7 spatial conv): they read globally or
+    channel-pooled tensors, cost almost no MACs, and feed sigmoid gates that scale whole feature maps."""
+    prod = _producers(graph)
+    pooled = ("ReduceMean", "ReduceMax")
+
+    def from_pool(tensor: str, depth: int) -> bool:
+        node = prod.get(tensor)
+        if node is None or depth > 3:
+            return False
+        if node.op_type in pooled:
+            return True
+        if node.op_type == "Concat":
+            return any(from_pool(t, depth + 1) for t in node.input)
+        return node.op_type in ("Relu", "Conv") and from_pool(node.input[0], depth + 1)
+
+    return [n.name for n in graph.node if n.op_type == "Conv" and from_pool(n.input[0], 0)]
+
+
+def input_stage_convs(graph) -> list[str]:
+    """Convolutions before the first downsampling: every path from the graph input to them is free
+    of pooling and resizing (DeepFusionNet: GhostHead and stem, about 6% of the MACs)."""
+    downsample = ("MaxPool", "AveragePool", "Resize", "Upsample")
+    inputs = {i.name for i in graph.input}
+    full_res, out = set(inputs), []
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        feeds = [t for t in node.input if t and t not in _initializers(graph)]
+        if node.op_type not in downsample and feeds and all(t in full_res for t in feeds):
+            full_res.update(node.output)
+            if node.op_type == "Conv":
+                out.append(node.name)
+    return out
+
+
+def _initializers(graph) -> set[str]:
+    return {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+
+
+def default_int8_exclusions(graph) -> list[str]:
+    """Nodes INT8 leaves in float by default: the input stage, the output head, attention convs.
+
+    Measured on eval15 (interim weights, worst of 3 images vs FP32): quantizing every conv 28.4 dB;
+    keeping only the first convs and the head float 30.3 dB; plus attention convs 31.8 dB; plus the
+    whole input stage 35.9 dB (the darkest frames use few INT8 levels in the first layers).
+    """
+    return sorted(set(input_stage_convs(graph)) | set(output_head(graph)) | set(attention_convs(graph)))

@@ -1,0 +1,190 @@
+"""dfn bench, the benchmark harness, the machine report and the cached ``auto`` decision.
+
+Most tests use tiny ONNX graphs written here (a conv + sigmoid "enhancer", a resize + conv "SR"), so
+they exercise the real backends in milliseconds; the OpenVINO parity test uses the real network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepfusionnet.cli import main
+from deepfusionnet.runtime import auto, bench
+from deepfusionnet.runtime.backends.base import load_backend
+from deepfusionnet.runtime.machine import machine_info
+
+onnx = pytest.importorskip("onnx")
+HAS_OV = importlib.util.find_spec("openvino") is not None
+ROW_KEYS = {"model", "backend", "precision", "size", "status", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps",
+            "infer_p50_ms", "decode_ms", "pre_ms", "post_ms", "load_s", "first_run_ms", "mem_mb", "peak_rss_mb",
+            "speedup_vs_torch", "psnr_eval15", "psnr_delta_db", "picked", "runs"}
+
+
+def tiny_onnx(path: Path, scale: int = 1, model: str = "deepfusionnet", seed: int = 0) -> Path:
+    """A dynamic-H/W graph: [Resize x2 ->] Conv3x3(3->3) -> Sigmoid, with dfn.* metadata."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array((rng.standard_normal((3, 3, 3, 3)) * 0.2).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
+    nodes, inits, src = [], [w, b], "input"
+    if scale == 2:
+        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+        nodes.append(helper.make_node("Resize", ["input", "", "scales"], ["up"], mode="linear",
+                                      coordinate_transformation_mode="half_pixel"))
+        src = "up"
+    nodes += [helper.make_node("Conv", [src, "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+              helper.make_node("Sigmoid", ["c"], ["output"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, "oh", "ow"])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    for k, v in {"dfn.model": model, "dfn.scale": str(scale), "dfn.multiple": "8", "dfn.precision": "fp32"}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, path)
+    return path
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path) -> Path:
+    d = tmp_path / "artifacts"
+    d.mkdir()
+    tiny_onnx(d / "deepfusionnet.onnx")
+    tiny_onnx(d / "deepfusionnet-sr.onnx", scale=2, model="deepfusionnet-sr", seed=1)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFN_CACHE", str(tmp_path / "cache"))
+
+
+def run_json(argv, capsys) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_json_schema(tiny_dir, capsys):
+    backends = "onnxruntime,openvino" if HAS_OV else "onnxruntime"
+    out = run_json(["bench", str(tiny_dir / "deepfusionnet.onnx"), "--backend", backends, "--precision", "fp32,bf16",
+                    "--size", "64x64,48x40", "--runs", "2", "--json"], capsys)
+    assert set(out) >= {"rows", "machine", "settings"}
+    assert out["machine"]["cores"] >= 1 and out["machine"]["cpu"]
+    assert "onnxruntime" in out["machine"]["libraries"]
+    rows = out["rows"]
+    assert len(rows) == len(backends.split(",")) * 2 * 2
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        if r["status"] == "ok":
+            assert r["runs"] == 2 and r["p50_ms"] > 0 and r["p50_ms"] <= r["p99_ms"]
+            assert r["infer_p50_ms"] <= r["p50_ms"] and r["fps"] > 0
+            assert r["mem_mb"] is not None and r["peak_rss_mb"] > 0
+        else:
+            assert r["p50_ms"] is None  # a row that did not run carries no numbers, only its reason
+    ort_bf16 = [r for r in rows if r["backend"] == "onnxruntime" and r["precision"] == "bf16"]
+    assert all(r["status"].startswith("skipped") for r in ort_bf16)
+    assert {r["size"] for r in rows} == {"64x64", "48x40"}
+
+
+def test_bench_torch_and_speedup(capsys):
+    pytest.importorskip("torch")
+    out = run_json(["bench", "deepfusionnet", "--backend", "torch", "--size", "32x32", "--runs", "2", "--threads", "1",
+                    "--json"], capsys)
+    (row,) = out["rows"]
+    assert row["status"] == "ok" and row["backend"] == "torch"
+    assert row["speedup_vs_torch"] == pytest.approx(1.0)
+
+
+def test_bench_auto_reports_pick(tiny_dir, capsys):
+    out = run_json(["bench", str(tiny_dir / "deepfusionnet.onnx"), "--backend", "auto", "--size", "64x64",
+                    "--runs", "2", "--json"], capsys)
+    (row,) = out["rows"]
+    assert row["status"] == "ok" and row["backend"] == "auto"
+    assert row["picked"].split()[0] in ("onnxruntime", "openvino")
+    assert row["detail"]["stages"][0]["cached"] is False
+
+
+def test_pipelines_scale(tiny_dir):
+    """Chain doubles the size; half:+SR returns the input size; unsupported rows keep a reason."""
+    frame = bench.synthetic_frame((64, 48))
+    for spec, expect in (("deepfusionnet+deepfusionnet-sr", (96, 128, 3)), ("half:deepfusionnet+deepfusionnet-sr", (48, 64, 3)),
+                         ("deepfusionnet-sr", (96, 128, 3))):
+        runner, _ = bench.open_runner(bench.parse_model_spec(spec), "onnxruntime", "fp32", (64, 48), tiny_dir)
+        times: dict = {}
+        assert runner.run(frame, times).shape == expect
+        assert set(times) >= {"pre", "infer", "post"}
+        runner.close()
+    with pytest.raises(bench.Unsupported, match="dfn export"):
+        bench.plan_stage("deepfusionnet", "onnxruntime", "int8", tiny_dir)
+
+
+def test_quality_and_plot(tiny_dir, lol_eval15, tmp_path):
+    from deepfusionnet.runtime.pairs import find_pairs
+
+    pairs = find_pairs(lol_eval15)[:1]
+    res = bench.bench(["deepfusionnet"], ["onnxruntime"], ["fp32"], [(64, 64)], runs=1, artifacts=tiny_dir,
+                      quality_pairs=pairs)
+    (row,) = res["rows"]
+    assert 3 < row["psnr_eval15"] < 60 and row["psnr_delta_db"] == 0.0 and row["quality_images"] == 1
+    png = bench.plot_frontier(res, tmp_path / "f.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "| deepfusionnet | 64x64 | onnxruntime | fp32 |" in bench.markdown_table(res)
+
+
+def test_bad_arguments_are_user_errors(tiny_dir, capsys):
+    assert main(["bench", str(tiny_dir / "deepfusionnet.onnx"), "--size", "64by64"]) == 1
+    assert main(["bench", str(tiny_dir / "deepfusionnet.onnx"), "--backend", "cuda9"]) == 1
+    assert "unknown backend" in capsys.readouterr().err
+
+
+# -- auto -------------------------------------------------------------------------------------------
+
+def test_auto_decision_is_cached(tiny_dir, monkeypatch):
+    calls = []
+    real = auto.measure
+    monkeypatch.setattr(auto, "measure", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    model = str(tiny_dir / "deepfusionnet.onnx")
+    first = auto.choose_with_options(model, (64, 64))
+    assert not first.cached and len(calls) == 1
+    second = auto.choose_with_options(model, (64, 64))
+    assert second.cached and len(calls) == 1  # reused, not re-measured
+    assert (second.backend, second.path, second.options) == (first.backend, first.path, first.options)
+    assert auto.choose(model, (64, 64)) == (first.backend, first.path) and len(calls) == 1
+    auto.choose_with_options(model, (48, 48))  # another size is another decision
+    assert len(calls) == 2
+    data = json.loads(auto.cache_path().read_text())
+    assert len(data) == 2 and all(rec["candidates"] for rec in data.values())
+    auto.cache_path().write_text("{not json")  # a corrupt cache costs one measurement, not a crash
+    assert not auto.choose_with_options(model, (64, 64)).cached and len(calls) == 3
+    be = auto.open_choice(first)
+    assert be.infer({"input": np.zeros((1, 3, 64, 64), np.float32)})["output"].shape == (1, 3, 64, 64)
+
+
+def test_auto_variants_need_passed_parity(tiny_dir):
+    base = tiny_dir / "deepfusionnet.onnx"
+    variant = tiny_dir / "deepfusionnet.int8.onnx"
+    tiny_onnx(variant, seed=5)  # different weights: a "variant" far from FP32
+    sidecar = Path(str(variant) + ".json")
+    labels = lambda: {c.label for c in auto.candidates(base)}  # noqa: E731
+    assert "onnxruntime int8" not in labels()  # no sidecar: unverified
+    for bad in ("[1, 2", json.dumps({"parity": "yes"}), json.dumps({"parity": {"passed": None}})):
+        sidecar.write_text(bad)
+        assert not auto.parity_passed(variant)
+    sidecar.write_text(json.dumps({"parity": {"passed": True, "psnr_db": 41.0}}))
+    assert "onnxruntime int8" in labels()
+    # It passed its export gate on paper, but on this backend it is far from FP32: the sanity gate drops it.
+    choice = auto.choose_with_options(str(base), (64, 64))
+    c = next(c for c in choice.candidates if c["label"] == "onnxruntime int8")
+    assert c["passed"] is False and c["psnr_vs_fp32"] < auto.VARIANT_SANITY_DB
+    assert choice.precision != "int8"
+
+
+def test_machine_info():
+    m = machine_info()
+    assert m["cores"] >= 1 and isinstance(m["isa"], list) and "numpy" in m["libraries"]

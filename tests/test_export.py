@@ -1,0 +1,264 @@
+"""Export: every precision from the shipped weights runs on ONNX Runtime (and OpenVINO) within its
+tolerance against PyTorch on real eval15 frames; resize parity; odd sizes; metadata and sidecars.
+
+Graphs are exported once per session (dynamic H/W, no built-in check) and reused by every test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+from deepfusionnet.errors import DFNError  # noqa: E402
+from deepfusionnet.export.pipeline import ExportOptions, export_model  # noqa: E402
+from deepfusionnet.runtime.compare import TOLERANCES, run_parity  # noqa: E402
+from deepfusionnet.runtime.enhancer import open_enhancer  # noqa: E402
+from deepfusionnet.runtime.images import read_image, write_image  # noqa: E402
+from deepfusionnet.runtime.pairs import find_items  # noqa: E402
+from deepfusionnet.runtime.processing import to_tensor  # noqa: E402
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@pytest.fixture(scope="session")
+def calib_dir(lol_train) -> Path:
+    return lol_train / "low"
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, calib_dir) -> dict:
+    """{(model, precision): path} for the shipped enhancer and SR weights, dynamic H/W."""
+    out = tmp_path_factory.mktemp("export")
+    paths = {}
+    for model in ("deepfusionnet", "deepfusionnet-sr"):
+        for precision in PRECISIONS:
+            path = out / f"{model}-{precision}.onnx"
+            # Few, small calibration frames keep the suite fast (the CLI default is 32 at 320x240); the
+            # enhancer takes the default path (onnxslim, percentile), the SR model the quick one.
+            sr = model.endswith("-sr")
+            opts = ExportOptions(precision=precision, size=None, check=False, calib_dir=calib_dir,
+                                 calib_count=8, calib_size=(320, 240), simplify=not sr,
+                                 calib_method="minmax" if sr else "percentile")
+            export_model(model, path, opts)
+            paths[model, precision] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def eval_pairs(tmp_path_factory, lol_eval15) -> Path:
+    """Crops (296x200) of two eval15 pairs, the darkest frame (23.png) among them: the hard case for INT8."""
+    root = tmp_path_factory.mktemp("eval2")
+    for name in ("23.png", "22.png"):
+        for sub in ("low", "high"):
+            write_image(root / sub / name, read_image(lol_eval15 / sub / name)[100:300, 152:448])
+    return root
+
+
+@pytest.fixture(scope="session")
+def sr_frames(tmp_path_factory, lol_eval15) -> Path:
+    """Two eval15 crops at odd sizes for the SR model (its output is 2x, so there is no ground truth)."""
+    root = tmp_path_factory.mktemp("srframes")
+    write_image(root / "a.png", read_image(lol_eval15 / "low" / "23.png")[:203, :301])
+    write_image(root / "b.png", read_image(lol_eval15 / "low" / "1.png")[100:300, 150:390])
+    return root
+
+
+def cached(fn):
+    """Run the PyTorch reference once per frame for every precision."""
+    memo = {}
+
+    def run(x):
+        key = (x.shape, x.tobytes())
+        if key not in memo:
+            memo[key] = fn(x)
+        return memo[key]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def torch_ref():
+    return {m: cached(open_enhancer(m, "torch").run_tensor) for m in ("deepfusionnet", "deepfusionnet-sr")}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_enhancer_precision_meets_tolerance_on_eval15(exported, eval_pairs, torch_ref, precision):
+    cand = open_enhancer(str(exported["deepfusionnet", precision]), "onnxruntime")
+    report = run_parity(torch_ref["deepfusionnet"], cand.run_tensor, find_items(eval_pairs), cand.artifact.precision)
+    s = report.summary()
+    assert report.precision == precision
+    assert s["images"] == 2 and "gt_drop" in s
+    assert s["nonfinite"] == 0
+    assert report.passed, report.lines()
+    if precision != "fp32":  # a lower precision really is lower: not a copy of the FP32 graph
+        assert s["max_abs"] > TOLERANCES["fp32"].max_abs
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_sr_precision_meets_tolerance(exported, sr_frames, torch_ref, precision):
+    cand = open_enhancer(str(exported["deepfusionnet-sr", precision]), "onnxruntime")
+    report = run_parity(torch_ref["deepfusionnet-sr"], cand.run_tensor, find_items(sr_frames), precision)
+    assert report.images[0].shape == (1, 3, 406, 602)  # 2x of 203x301
+    assert report.passed, report.lines()
+
+
+def test_graphs_carry_precision_metadata_and_sidecars(exported):
+    for (model, precision), path in exported.items():
+        proto = onnx.load(path)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["dfn.model"] == model and meta["dfn.precision"] == precision
+        assert meta["dfn.scale"] == ("2" if model.endswith("-sr") else "1") and meta["dfn.multiple"] == "8"
+        assert proto.opset_import[0].version >= 17
+        types = {init.data_type for init in proto.graph.initializer}
+        ops = {n.op_type for n in proto.graph.node}
+        if precision == "fp16":
+            assert onnx.TensorProto.FLOAT16 in types
+        if precision == "int8":
+            q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+            assert q and "DequantizeLinear" in ops
+            # symmetric: every zero point is 0 (TensorRT accepts nothing else)
+            zps = {i.name: i for i in proto.graph.initializer}
+            for node in q:
+                assert not np.any(onnx.numpy_helper.to_array(zps[node.input[2]]))
+        else:
+            assert "QuantizeLinear" not in ops
+        # FP32 in, FP32 out, whatever the precision inside
+        for v in list(proto.graph.input) + list(proto.graph.output):
+            assert v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        side = json.loads(Path(f"{path}.json").read_text())
+        assert side["precision"] == precision and side["model"] == model
+        assert side["onnx_sha256"] and side["source_weights_sha256"] and side["tools"]["onnx"]
+        assert side["inputs"][0]["shape"][2:] == ["height", "width"]
+        if precision == "int8":
+            assert side["calibration"]["count"] == 8 and side["calibration"]["symmetric"]
+            if model == "deepfusionnet":
+                assert side["calibration"]["method"] == "percentile"
+
+
+def test_fp16_keeps_global_reductions_fp32(exported):
+    side = json.loads(Path(f"{exported['deepfusionnet', 'fp16']}.json").read_text())
+    kept = side["fp16"]["kept_fp32"]
+    assert kept and all("Reduce" in name for name in kept)
+    proto = onnx.load(exported["deepfusionnet", "fp16"])
+    reduce_in = {n.input[0] for n in proto.graph.node if n.name in kept}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    assert all(producers[t].op_type == "Cast" for t in reduce_in)  # fed through a Cast to FP32
+
+
+def test_bare_onnx_resolves_from_metadata(exported, tmp_path):
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(exported["deepfusionnet-sr", "fp16"], bare)  # no sidecar beside it
+    enh = open_enhancer(str(bare), "onnxruntime")
+    assert (enh.artifact.model, enh.artifact.scale, enh.artifact.precision) == ("deepfusionnet-sr", 2, "fp16")
+    y = enh(np.zeros((17, 23, 3), np.uint8))
+    assert y.shape == (34, 46, 3)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (37, 53), (203, 129)])
+def test_odd_sizes_through_runtime_padding(exported, lol_eval15, torch_ref, h, w):
+    frame = read_image(lol_eval15 / "low" / "111.png")[100:100 + h, 200:200 + w]
+    cand = open_enhancer(str(exported["deepfusionnet", "fp32"]), "onnxruntime")
+    x = to_tensor(frame)
+    a, b = torch_ref["deepfusionnet"](x), cand.run_tensor(x)
+    assert a.shape == b.shape == (1, 3, h, w)
+    assert np.abs(a - b).max() <= TOLERANCES["fp32"].max_abs
+
+
+def test_fixed_size_export_pads_smaller_frames(tmp_path, eval_pairs):
+    path = tmp_path / "fixed.onnx"
+    result = export_model("deepfusionnet-sr", path, ExportOptions(size=(160, 120), check=True,
+                                                                   check_data=eval_pairs, check_images=1))
+    assert result.passed, result.parity.lines()
+    proto = onnx.load(path)
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 120, 160]
+    assert [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == [1, 3, 240, 320]
+    enh = open_enhancer(str(path), "onnxruntime")
+    assert enh.fixed_size == (120, 160)
+    # smaller than the graph: padded; larger: tiled; both come back at exactly 2x
+    assert enh(np.full((50, 70, 3), 40, np.uint8)).shape == (100, 140, 3)
+    assert enh(np.full((130, 300, 3), 40, np.uint8)).shape == (260, 600, 3)
+    side = json.loads(Path(f"{path}.json").read_text())
+    assert side["parity"]["onnxruntime"]["passed"] and side["size"] == [160, 120]
+
+
+def test_resize_x2_matches_torch():
+    """Bilinear x2, align_corners=False (the model's upsampler) agrees between torch and ONNX Runtime."""
+    import io
+
+    import onnxruntime as ort
+
+    from deepfusionnet.train.models.blocks import upsample2x
+
+    class Up(torch.nn.Module):
+        def forward(self, x):
+            return upsample2x(x)
+
+    buf = io.BytesIO()
+    torch.onnx.export(Up(), (torch.rand(1, 3, 8, 8),), buf, opset_version=17, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {2: "h", 3: "w"}}, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    (resize,) = [n for n in proto.graph.node if n.op_type == "Resize"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in resize.attribute}
+    assert attrs["mode"] == b"linear" and attrs["coordinate_transformation_mode"] == b"half_pixel"
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    for h, w in [(5, 7), (1, 1), (64, 48)]:
+        x = np.random.default_rng(h).random((1, 3, h, w), dtype=np.float32)
+        (y,) = sess.run(None, {"x": x})
+        ref = upsample2x(torch.from_numpy(x)).numpy()
+        assert y.shape == (1, 3, 2 * h, 2 * w)
+        np.testing.assert_allclose(y, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_openvino_runs_every_precision(exported, sr_frames, torch_ref, precision):
+    pytest.importorskip("openvino")
+    from deepfusionnet.runtime.backends.openvino import OpenVinoBackend
+    from deepfusionnet.runtime.enhancer import Enhancer
+
+    path = exported["deepfusionnet", precision]
+    artifact = open_enhancer(str(path), "onnxruntime").artifact
+    cand = Enhancer(OpenVinoBackend(path, precision="f32"), artifact)
+    report = run_parity(torch_ref["deepfusionnet"], cand.run_tensor, find_items(sr_frames, 1), precision)
+    if precision != "int8":
+        assert report.passed, report.lines()
+    else:
+        # OpenVINO 2026.4's CPU plugin runs this symmetric Q/DQ graph but far from ONNX Runtime's
+        # result (about 20 dB vs FP32 where ONNX Runtime gets 45 dB): runs, finite, not within tolerance.
+        # Tracked in docs/export.md; runtime.auto's 30 dB sanity gate keeps it from being picked.
+        assert report.summary()["nonfinite"] == 0 and report.summary()["psnr_min"] > 12
+        assert report.images[0].shape == (1, 3, 203, 301)
+
+
+def test_export_refuses_bad_arguments(tmp_path):
+    with pytest.raises(DFNError, match="multiples of 8"):
+        export_model("deepfusionnet-sr", tmp_path / "a.onnx", ExportOptions(size=(100, 75), check=False))
+    with pytest.raises(DFNError, match=r"\.onnx"):
+        export_model("deepfusionnet-sr", tmp_path / "a.engine", ExportOptions(check=False))
+    with pytest.raises(DFNError, match="precision"):
+        export_model("deepfusionnet-sr", tmp_path / "a.onnx", ExportOptions(precision="int4"))
+    with pytest.raises(DFNError, match="not a shipped model"):
+        export_model("nosuchmodel", tmp_path / "a.onnx")
+
+
+def test_cli_export_writes_graph_sidecar_and_checks(tmp_path, samples, capsys):
+    from deepfusionnet.cli import main
+
+    out = tmp_path / "sr.onnx"
+    rc = main(["export", "deepfusionnet-sr", "-o", str(out), "--size", "64x48", "--no-simplify",
+               "--check-data", str(samples / "lol-22.png"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    doc = json.loads(captured.out)
+    assert doc["parity"]["onnxruntime"]["passed"] and doc["size"] == [64, 48]
+    assert json.loads(Path(f"{out}.json").read_text())["onnx_sha256"] == doc["onnx_sha256"]
+    assert "PASS" in captured.err
+    assert main(["export", "deepfusionnet-sr", "-o", str(out), "--size", "63x48", "--no-check"]) == 1
+    assert "multiples of 8" in capsys.readouterr().err

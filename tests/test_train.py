@@ -1,0 +1,317 @@
+"""`dfn train` end to end on six real LOL pairs shrunk to 64x48: outputs, exact resume, kill -9,
+option changes, unsafe or foreign weights, and a two-process torchrun (gloo) run.
+
+Runs use ``--threads 1`` (bitwise-reproducible CPU kernels) and the default bf16 autocast: resumed
+and straight runs are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+
+from deepfusionnet.cli import main  # noqa: E402
+from deepfusionnet.errors import DFNError  # noqa: E402
+from deepfusionnet.runtime.images import read_image  # noqa: E402
+from deepfusionnet.train.models import create_model  # noqa: E402
+from deepfusionnet.train.trainer import epoch_order  # noqa: E402
+from deepfusionnet.train.weights import load_model, load_state, save_weights  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["100.png", "101.png", "102.png", "103.png", "104.png", "105.png"]
+# 6 pairs, 2 held out -> 4 training pairs; batch 2 -> 2 steps per epoch; crop 32 fits 64x48.
+SMALL = ["--batch-size", "2", "--crop", "32", "--val-count", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny(lol_train, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pairs")
+    for sub in ("low", "high"):
+        (root / sub).mkdir()
+        for n in NAMES:
+            img = cv2.imread(str(lol_train / sub / n))
+            cv2.imwrite(str(root / sub / n), cv2.resize(img, (64, 48), interpolation=cv2.INTER_AREA))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def dfn(capsys, *args: str) -> tuple[int, str]:
+    """Run ``dfn`` in this process; returns (exit code, stderr)."""
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
+
+
+def dfn_proc(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "deepfusionnet.cli", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def train_args(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    return ["train", "--data", data, "--out", out, "--epochs", str(epochs), *SMALL, *extra]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def no_temporaries(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix in (".part", ".tmp")]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny, tmp_path_factory) -> Path:
+    """A 4-epoch (8-step) run, uninterrupted: the reference for every resume test."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert main([str(a) for a in train_args(tiny, out, 4)]) == 0
+    return out
+
+
+def test_run_writes_config_metrics_curves_and_weights(straight):
+    cfg = json.loads((straight / "config.json").read_text())
+    assert cfg["epochs"] == 4 and cfg["crop"] == 32 and cfg["model"] == "deepfusionnet" and cfg["bf16"] is True
+    rows = (straight / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].split(",")[:4] == ["epoch", "step", "lr", "loss"] and "val_psnr" in rows[0]
+    assert len(rows) == 5
+    hist = json.loads((straight / "metrics.json").read_text())
+    assert [r["step"] for r in hist] == [2, 4, 6, 8]
+    assert all(np.isfinite(r["loss"]) and 5 < r["val_psnr"] < 50 for r in hist)
+    assert read_image(straight / "curves.png").shape[2] == 3
+    for name in ("best", "last"):
+        model, arch = load_model(straight / f"{name}.safetensors")
+        assert arch == "deepfusionnet"
+    assert not no_temporaries(straight)
+
+
+def test_resume_mid_epoch_is_exact(tiny, straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert dfn(capsys, *train_args(tiny, out, 4, "--max-steps", "3"))[0] == 0  # stops inside epoch 2
+    assert json.loads((out / "metrics.json").read_text())[-1]["epoch"] == 1
+    assert (out / "last.safetensors").is_file()
+    assert dfn(capsys, *train_args(tiny, out, 4, "--resume"))[0] == 0
+    assert same_weights(out / "last.safetensors", straight / "last.safetensors")
+    assert same_weights(out / "best.safetensors", straight / "best.safetensors")
+    assert (out / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+
+
+def _wait_for_new_checkpoint(proc: subprocess.Popen, ckpt: Path, after: float, timeout: float = 240) -> None:
+    t0 = time.monotonic()
+    while not (ckpt.is_file() and ckpt.stat().st_mtime > after):
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before a checkpoint was written: {proc.communicate()[1][-2000:]}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail("no checkpoint appeared")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill9_at_any_moment_then_resume_matches_straight_run(tiny, straight, tmp_path):
+    out = tmp_path / "run"
+    ckpt = out / "checkpoint.pt"
+    # A checkpoint after nearly every step; killed twice, each time right after a checkpoint
+    # appeared, i.e. most likely while the next one is being written.
+    args = train_args(tiny, out, 4, "--checkpoint-minutes", "0.0005")
+    after = 0.0
+    for attempt in range(2):
+        proc = dfn_proc(*args, *(["--resume"] if attempt else []))
+        _wait_for_new_checkpoint(proc, ckpt, after)
+        time.sleep(0.2 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        after = ckpt.stat().st_mtime
+        torch.load(ckpt, weights_only=True)  # never half-written
+    proc = dfn_proc(*args, "--resume")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert same_weights(out / "last.safetensors", straight / "last.safetensors")
+    assert json.loads((out / "metrics.json").read_text())[-1]["step"] == 8
+    assert not no_temporaries(out), no_temporaries(out)
+
+
+def test_resume_with_changed_options_is_a_clear_error(tiny, straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    code, err = dfn(capsys, *train_args(tiny, out, 4, "--resume", "--lr", "0.001"))
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "lr: 0.0001 -> 0.001" in err
+    # Run-control options may change.
+    code, err = dfn(capsys, *train_args(tiny, out, 4, "--resume", "--checkpoint-minutes", "9"))
+    assert code == 0, err
+
+
+def test_resume_guards(tiny, straight, tmp_path, capsys):
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "none", 2, "--resume"))
+    assert code == 1 and "nothing to resume" in err
+    code, err = dfn(capsys, *train_args(tiny, straight, 2))
+    assert code == 1 and "already holds a run" in err
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    (out / "checkpoint.pt").write_bytes(b"\0" * 100)
+    code, err = dfn(capsys, *train_args(tiny, out, 4, "--resume"))
+    assert code == 1 and "unreadable checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--crop", "30"], "multiple of 8"),
+    (["--crop", "128"], "larger than an image of 64x48"),
+    (["--model", "unet"], "unknown model"),
+    (["--epochs", "0"], "positive"),
+])
+def test_bad_options_are_one_line(tiny, tmp_path, capsys, args, needle):
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, *args))
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_data_folder(tmp_path, capsys):
+    code, err = dfn(capsys, "train", "--data", tmp_path / "missing", "--out", tmp_path / "run")
+    assert code == 1 and "missing" in err
+    (tmp_path / "low").mkdir()
+    (tmp_path / "high").mkdir()
+    (tmp_path / "low" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (tmp_path / "high" / "1.png").write_bytes(b"")
+    code, err = dfn(capsys, "train", "--data", tmp_path, "--out", tmp_path / "run")
+    assert code == 1 and "1.png" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- weights: foreign, corrupt, unsafe
+
+
+def test_init_with_another_models_weights(tiny, tmp_path, capsys):
+    save_weights(create_model("deepfusionnet-sr"), "deepfusionnet-sr", tmp_path / "sr.safetensors")
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--init", tmp_path / "sr.safetensors"))
+    assert code == 1 and "holds 'deepfusionnet-sr' weights, not 'deepfusionnet'" in err
+    # Same model name claimed, other tensors inside (a renamed or foreign file).
+    from safetensors.torch import save_file
+
+    sd = create_model("deepfusionnet-sr").state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "foreign.safetensors"))
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run2", 1, "--init", tmp_path / "foreign.safetensors"))
+    assert code == 1 and "do not fit model 'deepfusionnet'" in err and "missing" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 64, b"\xff" * 8 + b"{}", "truncated"])
+def test_corrupt_safetensors(tiny, tmp_path, capsys, content):
+    path = tmp_path / "w.safetensors"
+    if content == "truncated":
+        save_weights(create_model("deepfusionnet"), "deepfusionnet", path)
+        path.write_bytes(path.read_bytes()[:100_000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DFNError):
+        load_model(path)
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--init", path))
+    assert code == 1 and str(path) in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_legacy_pt_loads_with_weights_only(tiny, tmp_path, capsys):
+    model = create_model("deepfusionnet")
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "plain.pt")
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "nested.pth")
+    for name in ("plain.pt", "nested.pth"):
+        loaded, arch = load_model(tmp_path / name, default="deepfusionnet")
+        assert arch == "deepfusionnet"
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items())
+    # No name in a legacy file: the model whose names and shapes fit is found.
+    torch.save(create_model("deepfusionnet-sr").state_dict(), tmp_path / "sr.pt")
+    assert load_model(tmp_path / "sr.pt")[1] == "deepfusionnet-sr"
+    assert load_model(tmp_path / "plain.pt")[1] == "deepfusionnet"
+    torch.save({"w": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(DFNError, match="fit none of the known models"):
+        load_model(tmp_path / "other.pt")
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--max-steps", "1", "--init", tmp_path / "plain.pt"))
+    assert code == 0, err
+
+
+class _Payload:
+    """Unpickling this runs code: exactly what a weights file must never be allowed to do."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_pickle_with_arbitrary_objects_is_refused(tmp_path, zip_format, capsys, tiny):
+    marker = tmp_path / "pwned"
+    _Payload.marker = str(marker)
+    path = tmp_path / "evil.pt"
+    obj = {"state_dict": create_model("deepfusionnet").state_dict(), "hook": _Payload()}
+    if zip_format:
+        torch.save(obj, path)
+    else:
+        path.write_bytes(pickle.dumps(obj))
+    with pytest.raises(DFNError) as exc:
+        load_state(path)
+    if zip_format:  # torch's format: the offending object is named
+        assert "refused" in str(exc.value) and "system" in str(exc.value)
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--init", path))
+    assert code == 1 and str(path) in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_onnx_or_junk_given_as_weights(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    with pytest.raises(DFNError, match="ONNX"):
+        load_state(tmp_path / "m.onnx")
+    (tmp_path / "j.pt").write_bytes(os.urandom(500))
+    with pytest.raises(DFNError, match="not a readable weights file"):
+        load_state(tmp_path / "j.pt")
+
+
+# ---------------------------------------------------------------- distributed
+
+
+def test_epoch_order_shards_are_disjoint_and_complete():
+    for world in (1, 2, 3):
+        shards = [epoch_order(10, seed=0, epoch=4, rank=r, world=world) for r in range(world)]
+        joined = np.concatenate(shards)
+        assert sorted(joined.tolist()) == list(range(10))
+    assert not np.array_equal(epoch_order(10, 0, 0), epoch_order(10, 0, 1))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(tiny, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
+           "deepfusionnet.cli", *map(str, train_args(tiny, out, 2, "--batch-size", "1"))]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    hist = json.loads((out / "metrics.json").read_text())
+    # 4 training pairs, 1 per rank per step, 2 ranks -> 2 steps per epoch: the ranks shared the data.
+    assert [r["step"] for r in hist] == [2, 4]
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "checkpoint.pt", "config.json", "curves.png",
+                                                      "last.safetensors", "metrics.csv", "metrics.json"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["world"] == 2
