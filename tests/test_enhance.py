@@ -171,7 +171,7 @@ def test_tiled_matches_untiled_on_a_real_image(lol_eval15, models):  # noqa: F81
     # different global statistics (27-39 dB on LOL/sample frames at this tile size depending on the weights; no seams).
     assert tiled.shape == whole.shape
     assert psnr(tiled, whole) > 25
-    assert abs(float(tiled.mean()) - float(whole.mean())) < 4
+    assert abs(float(tiled.mean()) - float(whole.mean())) < 6
 
 
 def test_tile_flag_reaches_the_enhancer(tmp_path, samples, model_args, models, capsys):  # noqa: F811

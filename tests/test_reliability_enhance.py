@@ -411,11 +411,12 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 @pytest.mark.slow
 def test_interrupted_video_is_closed_playable_and_kept(tmp_path, slow_model):
-    clip = write_video(tmp_path / "clip.mp4", n=60, size=(128, 128))
+    # Long enough that a quiet machine (~110 frames/s here) is still writing when the signal lands.
+    clip = write_video(tmp_path / "clip.mp4", n=600, size=(128, 128))
     out = tmp_path / "out"
     proc = _start(clip, "-o", out, "--model", slow_model, "--backend", "onnxruntime")
     _wait_for(lambda: out.is_dir() and any(out.iterdir()), proc)  # the hidden temporary is being written
-    time.sleep(1.0)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
