@@ -24,7 +24,6 @@ JSON sidecar ``X.engine.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.artifacts import resolve, sidecar_path
 from deepfusionnet.runtime.backends.tensorrt import get_logger, import_tensorrt, trt_major
 from deepfusionnet.runtime.images import atomic_write_bytes
+from deepfusionnet.runtime.artifacts import file_sha256 as sha256_file
 
 # Used for H/W when the graph is dynamic and the user gave no shape: VGA as the camera size, and the
 # enhancer's default tile (1024) as the maximum so any frame runs (tiled beyond it).
@@ -176,12 +176,6 @@ def make_progress_monitor(trt: Any, report: Progress) -> Any:
     return ProgressMonitor()
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dtype_name(trt: Any, dtype: Any) -> str:

@@ -7,6 +7,7 @@ still runs with the right padding multiple and scale.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,15 @@ class Artifact:
     multiple: int = 8
     precision: str = "fp32"
     sidecar: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -36,6 +36,7 @@ from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.artifacts import read_sidecar
 from deepfusionnet.runtime.backends.base import Backend, load_backend
 from deepfusionnet.runtime.machine import isa_features, machine_key
+from deepfusionnet.runtime.artifacts import file_sha256 as artifact_sha256
 
 DEFAULT_SIZE = (600, 400)
 GATE_DB = 45.0  # backend-internal precision vs FP32 on a real frame
@@ -80,11 +81,7 @@ def cache_path() -> Path:
 
 @lru_cache(maxsize=64)
 def _sha256(path: str, mtime: float, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return artifact_sha256(path)
 
 
 def file_sha256(path: Path) -> str:

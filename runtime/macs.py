@@ -13,25 +13,19 @@ other layers (activations, pooling, resize, attention element-wise ops) are not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepfusionnet.errors import DFNError
+from deepfusionnet.runtime.artifacts import file_sha256
 
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 # TensorProto.DataType values that hold learnable numbers (float, float16, double, bfloat16, int8, uint8).
 _PARAM_DTYPES = {1, 10, 11, 16, 3, 2}
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- a minimal protobuf reader: just enough of onnx.proto for initializers and nodes -------------

@@ -6,7 +6,6 @@ containers only, so a file that needs arbitrary Python objects is refused, never
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -16,17 +15,12 @@ from torch import nn
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.train.models import create_model
+from deepfusionnet.runtime.artifacts import file_sha256
 
 # Keys under which training frameworks nest the state dict in a legacy checkpoint (BasicSR: params_ema).
 _NESTED_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "generator")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_weights(model: nn.Module, name: str, path: str | Path, extra: dict | None = None) -> None:
