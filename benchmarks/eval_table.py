@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -36,6 +37,14 @@ def _shipped_backend(name: str) -> str:
     return "onnxruntime" if shipped_path(name, "onnx").is_file() else "torch"
 
 
+def portable(path) -> str:
+    """A path relative to the repository (``../shared/...`` for the data), so results hold no machine paths."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), REPO)).as_posix()
+    except (TypeError, ValueError):
+        return str(path)
+
+
 def run_row(model: str, backend: str, pairs, protocol: str) -> dict:
     t0 = time.perf_counter()
     m, desc = open_model(model, backend)
@@ -44,6 +53,8 @@ def run_row(model: str, backend: str, pairs, protocol: str) -> dict:
     finally:
         m.close()
     row = {**desc, **res.to_json(), "wall_s": round(time.perf_counter() - t0, 1)}
+    if row.get("artifact"):
+        row["artifact"] = portable(row["artifact"])
     gm = row["gt_mean"] or {}
     print(f"{model:<24} {protocol:<6} {row['psnr']:6.2f} dB  {row['ssim']:.4f}"
           + (f"   GT-mean {gm['psnr']:.2f} / {gm['ssim']:.4f}" if gm else ""), file=sys.stderr)
@@ -106,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_row(f"baseline:{name}", "auto", pairs, "lol")
                 sr_rows.append({"label": f"baseline:{name}", **row})
 
-    record = {"data": str(args.data), "images": len(pairs),
+    record = {"data": portable(args.data), "images": len(pairs),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": platform.platform(), "paper_claim": PAPER_CLAIM, "enhance": rows, "sr": sr_rows}
     atomic_write_bytes(args.out / "eval_table.json", json.dumps(record, indent=1, default=str).encode())

@@ -14,6 +14,7 @@ from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.pipeline import DONE, FrameQueue, run_pipeline
 from deepfusionnet.runtime.sinks import ImageFileSink, VideoFileSink
 from deepfusionnet.runtime.sources import Failure, Frame, VideoSource
+from test_enhance import read_video
 
 
 class ListSink:
@@ -138,17 +139,7 @@ def test_frame_queue_blocks_until_stopped():
 # --- sinks -------------------------------------------------------------------------------------------
 
 
-def read_all(path: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        out.append(f)
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    cap.release()
-    return out, fps
+read_all = read_video  # shared with test_enhance: every frame of a video file, and its fps
 
 
 def leftovers(folder: Path) -> list[str]:
