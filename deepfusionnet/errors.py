@@ -7,6 +7,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import re
 
 
 class DFNError(Exception):
@@ -28,3 +29,21 @@ def require(module: str, extra: str, what: str | None = None):
         raise MissingExtraError(
             f"{need} is not installed ({exc}); install it with: pip install 'deepfusionnet[{extra}]'"
         ) from None
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:\s*)?")
+_CPP_WHERE = re.compile(r"\S*\.(?:cc|cpp|cxx|h|hpp):\d+\s+(?:[\w:~<>,&*]+(?:\s[\w:~<>,&*]+)*\(.*\)\s+)?")
+
+
+def native_reason(exc: BaseException, limit: int = 300) -> str:
+    """The human part of a native library's exception text (ONNX Runtime, OpenVINO, TensorRT).
+
+    Their messages put C++ source locations and function signatures before the reason ("Unsupported
+    model IR version: 99, ..."), so keep the last line without those, and when it is still too long,
+    its end rather than its start.
+    """
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = _CPP_WHERE.sub("", _ORT_PREFIX.sub("", lines[-1])).strip() or lines[-1]
+    return text if len(text) <= limit else "..." + text[-limit:]

@@ -24,6 +24,7 @@ JSON sidecar ``X.engine.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -348,6 +349,7 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
         "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": precision},
         "build": {**asdict(options), "cli_args": options.cli_args(), "timing_cache_status": cache_status},
         "engine_bytes": len(data),
+        "engine_sha256": hashlib.sha256(data).hexdigest(),  # lets dfn info/enhance spot a corrupt or swapped plan
         "build_seconds": round(seconds, 3),
     }
     atomic_write_bytes(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())

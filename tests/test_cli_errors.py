@@ -96,10 +96,7 @@ CASES: dict[str, Case] = {
     "enhance-onnx-junk-ort": Case(("enhance", "a.png", "-o", "out/", "--model", "junk.onnx", "--backend",
                                    "onnxruntime"), 1, "junk.onnx"),
     "enhance-onnx-junk-auto": Case(
-        ("enhance", "a.png", "-o", "out/", "--model", "junk.onnx"), 1, "junk.onnx",
-        xfail="OpenVINO's read_model tries its TensorFlow frontend on a junk .onnx and absl prints ~8 "
-              "'E0000 ... Error parsing text-format tensorflow.GraphDef' lines on stderr (runtime/backends/openvino.py "
-              "should load .onnx through the ONNX frontend only)"),
+        ("enhance", "a.png", "-o", "out/", "--model", "junk.onnx"), 1, "junk.onnx"),
     "enhance-video-truncated": Case(("enhance", "trunc.mp4", "-o", "out/", "--model", "identity.onnx"), 1,
                                     "trunc.mp4"),
     "enhance-video-empty": Case(("enhance", "empty.mp4", "-o", "out/", "--model", "identity.onnx"), 1, "empty"),
@@ -107,25 +104,19 @@ CASES: dict[str, Case] = {
                                   "onnxruntime"), 1, "not an image enhancement model"),
     "enhance-onnx-foreign-auto": Case(("enhance", "a.png", "-o", "out/", "--model", "foreign.onnx"), 1, "foreign.onnx"),
     "info-onnx-newer-ir": Case(
-        ("info", "newir.onnx"), 1, "IR version",
-        xfail="runtime/backends/onnxruntime.py cuts ONNX Runtime's message at 300 characters, inside the C++ "
-              "signature, so the reason ('Unsupported model IR version: 99, max supported IR version: ...') is lost"),
+        ("info", "newir.onnx"), 1, "IR version"),
     "info-missing": Case(("info", "missing.onnx"), 1, "no such file"),
     "info-onnx-junk": Case(("info", "junk.onnx"), 1, "junk.onnx"),
     "info-onnx-empty": Case(("info", "empty.onnx"), 1, "empty.onnx"),
     "info-onnx-truncated": Case(("info", "trunc.onnx"), 1, "trunc.onnx"),
     "info-engine-corrupt": Case(
-        ("info", "junk.engine"), 1, "junk.engine",
-        xfail="dfn info reports random bytes named .engine as 'deepfusionnet (engine, fp32)' with exit 0; it "
-              "should at least check the TensorRT plan header (or say that it could not) before describing it"),
+        ("info", "junk.engine"), 1, "junk.engine"),
     "enhance-engine-corrupt": Case(("enhance", "a.png", "-o", "out/", "--model", "junk.engine"), 1, ""),
     "eval-engine-corrupt": Case(("eval", "junk.engine", "--data", "pairs"), 1, ""),
     "eval-missing-data": Case(("eval", "identity.onnx", "--data", "nowhere"), 1, "nowhere"),
     "parity-junk": Case(("parity", "identity.onnx", "junk.onnx", "--data", "pairs"), 1, "junk.onnx"),
     "bench-junk": Case(
-        ("bench", "junk.onnx", "--runs", "1", "--backend", "onnxruntime"), 1, "junk.onnx", one_line=False,
-        xfail="dfn bench exits 0 when every row failed (the table says 'failed: ...'); a benchmark that measured "
-              "nothing should exit non-zero"),
+        ("bench", "junk.onnx", "--runs", "1", "--backend", "onnxruntime"), 1, "junk.onnx", one_line=False),
     "enhance-safetensors-corrupt": Case(("enhance", "a.png", "-o", "out/", "--model", "junk.safetensors",
                                          "--backend", "torch"), 1, "not a readable safetensors file"),
     "enhance-weights-other-model": Case(("enhance", "a.png", "-o", "out/", "--model", "foreign.safetensors",

@@ -108,8 +108,6 @@ def test_dfn_enhance_on_an_engine(engines, samples, tmp_path):
     out = tmp_path / "out.png"
     proc = subprocess.run([sys.executable, "-m", "deepfusionnet.cli", "enhance", str(img), "-o", str(out),
                            "--model", str(engines["fp16"])], capture_output=True, text=True)
-    if proc.returncode == 2 and "usage:" in proc.stderr:
-        pytest.skip(f"dfn enhance takes other arguments now: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr
     from deepfusionnet.runtime.images import read_image
 

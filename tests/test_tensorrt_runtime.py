@@ -265,3 +265,36 @@ def test_missing_tensorrt_or_cuda_python_is_one_line(tmp_path, monkeypatch, trt,
         open_cuda()
     assert "no CUDA Python API found" in str(err.value) and "cuda-python" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_corrupt_or_swapped_engine_is_caught_by_its_sidecar_hash(tmp_path, world, trt, cuda):
+    from deepfusionnet.runtime.artifacts import read_sidecar
+    from deepfusionnet.runtime.backends.tensorrt import verify_engine
+
+    _, engine = make_engine(tmp_path, trt, cuda)
+    sidecar = read_sidecar(engine)
+    assert verify_engine(engine, sidecar) == "sha256 matches the sidecar"
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size: only the hash sees it
+    engine.write_bytes(bytes(data))
+    for check in (lambda: verify_engine(engine, sidecar), lambda: TensorRTBackend(engine, trt=trt, cuda=cuda)):
+        with pytest.raises(DFNError, match="sha256 differs from its sidecar.*rebuild it: dfn build"):
+            check()
+    engine.write_bytes(bytes(data[:-10]))
+    with pytest.raises(DFNError, match=r"bytes but its sidecar recorded \d+"):
+        verify_engine(engine, sidecar)
+
+
+def test_verify_engine_without_sidecar_deserializes_or_says_it_cannot(tmp_path, world, trt, cuda, monkeypatch):
+    from deepfusionnet.runtime.backends.tensorrt import verify_engine
+
+    _, engine = make_engine(tmp_path, trt, cuda)
+    assert verify_engine(engine, {}, trt=trt) == "deserialized by TensorRT 10.3.0.30"
+    junk = tmp_path / "junk.engine"
+    junk.write_bytes(b"\x00garbage plan")
+    with pytest.raises(DFNError, match="could not deserialize this engine"):
+        verify_engine(junk, {}, trt=trt)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # TensorRT absent
+    with pytest.raises(DFNError, match="no sidecar .* and TensorRT is not installed"):
+        verify_engine(junk, {})
+    assert verify_engine(junk, {"engine_bytes": junk.stat().st_size}).startswith("not verified")

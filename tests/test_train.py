@@ -154,6 +154,27 @@ def test_kill9_at_any_moment_then_resume_matches_straight_run(tiny, straight, tm
     assert not no_temporaries(out), no_temporaries(out)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches_straight_run(tiny, straight, tmp_path, sig):
+    out = tmp_path / "run"
+    args = train_args(tiny, out, 4, "--checkpoint-minutes", "60")  # only Ctrl-C and epoch ends write one
+    proc = dfn_proc(*args)
+    _wait_for_new_checkpoint(proc, out / "checkpoint.pt", 0.0)  # epoch 1 done: now inside epoch 2
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "checkpoint saved at epoch" in err and "--resume" in err, err
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) >= (1, 0)
+    proc = dfn_proc(*args, "--resume")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert same_weights(out / "last.safetensors", straight / "last.safetensors")
+    assert not no_temporaries(out), no_temporaries(out)
+
+
 def test_resume_with_changed_options_is_a_clear_error(tiny, straight, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(straight, out)

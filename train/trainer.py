@@ -7,11 +7,13 @@ augmentation come from RNGs seeded by ``(seed, epoch, index)``, so a run restart
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -138,6 +140,31 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
     return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
 
 
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Turn the first Ctrl-C / SIGTERM into a flag the loop checks between steps (a second one stops at once).
+
+    Stopping between optimizer steps keeps model, optimizer and step counter consistent, so the checkpoint
+    written on the way out resumes exactly.
+    """
+    flag = {"signal": None}
+
+    def handler(signum, _frame):
+        if flag["signal"] is not None:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        previous = {}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train according to ``cfg``; returns the final metrics. Only rank 0 writes files."""
     from tqdm import tqdm
@@ -206,62 +233,76 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     last_ckpt = time.monotonic()
     global_step = epoch * steps_per_epoch + step_in_epoch
-    while epoch < cfg.epochs:
-        order = epoch_order(len(trainset), cfg.seed, epoch, rank, world)
-        net.train()
-        bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
-                   disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1",
-                   initial=step_in_epoch, total=steps_per_epoch)
-        for step in bar:
-            xs, ys = [], []
-            for j in range(cfg.batch_size):
-                i = int(order[(step * cfg.batch_size + j) % len(order)])
-                rng = np.random.default_rng([cfg.seed, epoch, step, j, rank])
-                x, y = D.sr_sample(trainset, i, rng, cfg.crop) if sr else D.enhancement_sample(trainset, i, rng, cfg.crop, cfg.synthetic_prob)
-                xs.append(x)
-                ys.append(y)
-            x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
-            for g in opt.param_groups:
-                g["lr"] = lr_at(global_step)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                pred = net(x)
-            loss, parts = mse_ssim_loss(pred, y, cfg.ssim_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            global_step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", best_val_psnr=f"{best:.2f}")
-            step_in_epoch = step + 1
-            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+
+    def stop_if_interrupted(flag: dict) -> None:
+        if flag["signal"] is None:
+            return
+        checkpoint(epoch, step_in_epoch, losses)
+        if rank == 0:
+            save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
+            print(f"checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}; "
+                  "run the same command with --resume to continue", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+
+    with deferred_interrupt() as interrupted:
+        while epoch < cfg.epochs:
+            order = epoch_order(len(trainset), cfg.seed, epoch, rank, world)
+            net.train()
+            bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
+                       disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1",
+                       initial=step_in_epoch, total=steps_per_epoch)
+            for step in bar:
+                xs, ys = [], []
+                for j in range(cfg.batch_size):
+                    i = int(order[(step * cfg.batch_size + j) % len(order)])
+                    rng = np.random.default_rng([cfg.seed, epoch, step, j, rank])
+                    x, y = D.sr_sample(trainset, i, rng, cfg.crop) if sr else D.enhancement_sample(trainset, i, rng, cfg.crop, cfg.synthetic_prob)
+                    xs.append(x)
+                    ys.append(y)
+                x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(global_step)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    pred = net(x)
+                loss, parts = mse_ssim_loss(pred, y, cfg.ssim_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                global_step += 1
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", best_val_psnr=f"{best:.2f}")
+                step_in_epoch = step + 1
+                if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                    checkpoint(epoch, step_in_epoch, losses)
+                    last_ckpt = time.monotonic()
+                stop_if_interrupted(interrupted)
+                if cfg.max_steps and global_step >= cfg.max_steps:
+                    break
+            if step_in_epoch < steps_per_epoch:  # stopped by --max-steps inside an epoch
                 checkpoint(epoch, step_in_epoch, losses)
-                last_ckpt = time.monotonic()
+                if rank == 0:
+                    save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
+                break
+            epoch += 1
+            step_in_epoch = 0
+            row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step), "loss": float(np.mean(losses)) if losses else float("nan")}
+            if rank == 0 and len(val) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                m = evaluate_model(model, val, spec.multiple, spec.scale, sr)
+                row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
+                if m["psnr"] > best:
+                    best = m["psnr"]
+                    save_weights(model, cfg.model, out / "best.safetensors", {"epoch": epoch, "val_psnr": f"{best:.3f}"})
+            if rank == 0:
+                history.append(row)
+                save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch})
+                _write_metrics(out, history)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+            losses = []
+            checkpoint(epoch, 0, losses)
+            last_ckpt = time.monotonic()
+            stop_if_interrupted(interrupted)
             if cfg.max_steps and global_step >= cfg.max_steps:
                 break
-        if step_in_epoch < steps_per_epoch:  # stopped by --max-steps inside an epoch
-            checkpoint(epoch, step_in_epoch, losses)
-            if rank == 0:
-                save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
-            break
-        epoch += 1
-        step_in_epoch = 0
-        row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step), "loss": float(np.mean(losses)) if losses else float("nan")}
-        if rank == 0 and len(val) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-            m = evaluate_model(model, val, spec.multiple, spec.scale, sr)
-            row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
-            if m["psnr"] > best:
-                best = m["psnr"]
-                save_weights(model, cfg.model, out / "best.safetensors", {"epoch": epoch, "val_psnr": f"{best:.3f}"})
-        if rank == 0:
-            history.append(row)
-            save_weights(model, cfg.model, out / "last.safetensors", {"epoch": epoch})
-            _write_metrics(out, history)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-        losses = []
-        checkpoint(epoch, 0, losses)
-        last_ckpt = time.monotonic()
-        if cfg.max_steps and global_step >= cfg.max_steps:
-            break
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from deepfusionnet.cli import emit_json
+    from deepfusionnet.errors import DFNError
     from deepfusionnet.runtime.bench import PRECISIONS, bench, machine_markdown, markdown_table, parse_size, plot_frontier
     from deepfusionnet.runtime.images import atomic_write_bytes
 
@@ -76,4 +77,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(machine_markdown(result["machine"]), file=sys.stderr)
         print(table, file=sys.stderr)
+    if not any(r["status"] == "ok" for r in result["rows"]):
+        # A benchmark that measured nothing is a failure, whatever the table says.
+        first = next((r["status"] for r in result["rows"]), "no configurations")
+        raise DFNError(f"nothing was measured ({len(result['rows'])} configurations; first: {first})")
     return 0

@@ -145,6 +145,10 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
         rec["macs"], rec["macs_note"] = onnx_conv_macs(art.path, ph, pw)
     else:  # engine / openvino: what the sidecar recorded; no TensorRT or OpenVINO needed
         sc = art.sidecar
+        if art.kind == "engine":
+            from deepfusionnet.runtime.backends.tensorrt import verify_engine
+
+            rec["engine_check"] = verify_engine(Path(art.path), sc)
         rec.update(params=sc.get("params"), params_source="sidecar" if sc.get("params") else None,
                    macs_note="not measured for this artifact kind; run dfn info on the source ONNX")
         rec["inputs"], rec["outputs"] = sc.get("inputs", []), sc.get("outputs", [])
@@ -181,6 +185,8 @@ def _table(rec: dict) -> str:
         ("sha256", rec["sha256"]),
         ("file size", f"{rec['file_bytes'] / 1e6:.2f} MB"),
     ]
+    if rec.get("engine_check"):
+        rows.append(("engine check", rec["engine_check"]))
     if rec.get("note"):
         rows.append(("note", rec["note"]))
     return "\n".join(f"{k:<15} {v}" for k, v in rows)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfusionnet.errors import DFNError, require
+from deepfusionnet.errors import DFNError, native_reason, require
 from deepfusionnet.runtime.backends.base import TensorInfo
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -42,8 +42,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DFNError(f"{path}: not a valid ONNX model for ONNX Runtime ({first[:300]})") from None
+            raise DFNError(f"{path}: not a valid ONNX model for ONNX Runtime ({native_reason(exc)})") from None
         self.path = path
         self.providers = self.session.get_providers()
         self.inputs = [TensorInfo(i.name, tuple(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]

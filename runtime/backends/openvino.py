@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfusionnet.errors import DFNError, require
+from deepfusionnet.errors import DFNError, native_reason, require
 from deepfusionnet.runtime.backends.base import TensorInfo
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
@@ -27,6 +27,20 @@ MAX_SHAPES = 4  # compiled models kept in memory
 
 def _dims(pshape) -> tuple:
     return tuple(d.get_length() if d.is_static else None for d in pshape)
+
+
+def _read_model(ov, core, path: Path):
+    """Read ``.onnx`` through OpenVINO's ONNX frontend only; other files (``.xml`` IR) with read_model.
+
+    ``core.read_model`` tries every frontend in turn, and on a file that is not valid ONNX its
+    TensorFlow frontend prints absl "Error parsing text-format" lines straight to stderr.
+    """
+    if path.suffix.lower() != ".onnx":
+        return core.read_model(str(path))
+    from openvino.frontend import FrontEndManager
+
+    frontend = FrontEndManager().load_by_framework("onnx")
+    return frontend.convert(frontend.load(str(path)))
 
 
 class OpenVinoBackend:
@@ -41,10 +55,9 @@ class OpenVinoBackend:
             raise DFNError(f"openvino: unknown precision {precision!r}; choose one of: bf16, f16, f32")
         self.core = ov.Core()
         try:
-            self.model = self.core.read_model(str(path))
+            self.model = _read_model(ov, self.core, path)
         except Exception as exc:  # OpenVINO raises a generic RuntimeError with a long C++ trace
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DFNError(f"{path}: not a model OpenVINO can read ({first[:300]})") from None
+            raise DFNError(f"{path}: not a model OpenVINO can read ({native_reason(exc)})") from None
         self.path = path
         self.device = device
         self.precision = PRECISIONS.get(precision) if precision else None
@@ -75,9 +88,8 @@ class OpenVinoBackend:
         try:
             compiled = self.core.compile_model(model, self.device, self.config)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise DFNError(f"{self.path}: OpenVINO cannot compile it for {self.device} at "
-                           f"{list(shapes.values())} ({first[:300]})") from None
+                           f"{list(shapes.values())} ({native_reason(exc)})") from None
         request = compiled.create_infer_request()
         self._compiled[key] = (compiled, request)
         while len(self._compiled) > MAX_SHAPES:

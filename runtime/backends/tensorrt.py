@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from deepfusionnet.errors import DFNError, MissingExtraError
-from deepfusionnet.runtime.artifacts import read_sidecar
+from deepfusionnet.runtime.artifacts import file_sha256, read_sidecar
 from deepfusionnet.runtime.backends.base import TensorInfo
 from deepfusionnet.runtime.backends.cuda import CudaApi, CudaError, DeviceBuffer, HostBuffer, open_cuda
 
@@ -113,10 +113,61 @@ def rebuild_command(engine: Path, sidecar: dict) -> str:
     return " ".join(["dfn", "build", shlex.quote(str(onnx)), "-o", shlex.quote(str(engine)), *map(shlex.quote, args)])
 
 
+def check_engine_bytes(path: Path, sidecar: dict) -> bool:
+    """Fail in one line when ``path`` is not the plan its sidecar describes (size or sha256 differ).
+
+    Returns whether the sidecar had a hash to check against (sidecars from before it was recorded do not).
+    """
+    size = path.stat().st_size
+    redo = rebuild_command(path, sidecar)
+    recorded = sidecar.get("engine_bytes")
+    if recorded is not None and int(recorded) != size:
+        raise DFNError(f"{path}: {size} bytes but its sidecar recorded {recorded}: the engine is corrupt or was "
+                       f"replaced; rebuild it: {redo}")
+    digest = sidecar.get("engine_sha256")
+    if digest and digest != file_sha256(path):
+        raise DFNError(f"{path}: sha256 differs from its sidecar: the engine is corrupt or was replaced; "
+                       f"rebuild it: {redo}")
+    return bool(digest)
+
+
+def verify_engine(path: Path, sidecar: dict, trt: Any = None) -> str:
+    """Check, without a GPU where possible, that ``path`` is a usable plan; return how it was checked.
+
+    TensorRT's plan format is not documented, so without the sidecar's hash the only real check is to
+    deserialize it; when TensorRT is missing too, say so instead of describing unknown bytes.
+    """
+    if path.stat().st_size == 0:
+        raise DFNError(f"{path}: empty file, not a TensorRT engine")
+    if sidecar and check_engine_bytes(path, sidecar):
+        return "sha256 matches the sidecar"
+    try:
+        trt = import_tensorrt(trt)
+    except MissingExtraError:
+        if sidecar:
+            return "not verified (the sidecar records no engine hash and TensorRT is not installed)"
+        raise DFNError(f"{path}: cannot check that this is a TensorRT engine: no sidecar {path}.json beside it "
+                       f"and TensorRT is not installed here ({tensorrt_install_hint()})") from None
+    logger = get_logger(trt)
+    logger.clear()
+    try:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+    except Exception as exc:  # no CUDA device or driver: TensorRT cannot even try
+        if sidecar:
+            return f"not verified (TensorRT could not run here: {str(exc).strip()[:120]})"
+        raise DFNError(f"{path}: cannot check that this is a TensorRT engine here and it has no sidecar "
+                       f"({str(exc).strip()[:120]})") from None
+    if engine is None:
+        why = logger.last_error() or "not a TensorRT plan, or one from another TensorRT version or GPU"
+        raise DFNError(f"{path}: TensorRT {trt.__version__} could not deserialize this engine ({why})")
+    return f"deserialized by TensorRT {trt.__version__}"
+
+
 def check_engine_sidecar(path: Path, sidecar: dict, trt_version: str, device: dict | None) -> None:
-    """Fail in one line when ``path`` was built for another TensorRT version or another GPU."""
+    """Fail in one line when ``path`` is corrupt or was built for another TensorRT version or another GPU."""
     if not sidecar:
         return
+    check_engine_bytes(path, sidecar)
     redo = rebuild_command(path, sidecar)
     built = sidecar.get("tensorrt")
     if built and _version3(built) != _version3(trt_version):
