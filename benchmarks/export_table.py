@@ -2,8 +2,8 @@
 
 Exports the shipped enhancer and SR weights in FP32, FP16 and INT8 (dynamic H/W, default export
 settings), runs each on ONNX Runtime CPU over the full eval15 set and compares it with PyTorch FP32.
-The SR model is scored the usual SR way: eval15's normal-light images downscaled 2x (area) as input,
-the originals as ground truth.
+The SR model is scored as ``dfn eval`` scores it: eval15's normal-light images blurred (k in 3..9) and
+downscaled 2x as input, the originals as ground truth.
 
     .venv/bin/python benchmarks/export_table.py            # writes benchmarks/results/export_table.{json,md}
     .venv/bin/python benchmarks/export_table.py --models deepfusionnet --keep runs/export
@@ -19,29 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "lol-v1" / "eval15"
-
-
-def sr_items(data: Path, work: Path) -> list[tuple[Path, Path]]:
-    """(2x area-downscaled normal-light image, original) pairs for the SR model."""
-    from deepfusionnet.runtime.images import read_image, write_image
-    from deepfusionnet.runtime.pairs import find_pairs
-
-    out = []
-    for _, hp in find_pairs(data):
-        hi = read_image(hp)
-        h, w = hi.shape[0] // 2 * 2, hi.shape[1] // 2 * 2
-        lr = cv2.resize(hi[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-        lp = work / "sr-lr" / hp.name
-        write_image(lp, lr)
-        gp = work / "sr-hr" / hp.name
-        write_image(gp, hi[:h, :w])
-        out.append((lp, gp))
-    return out
 
 
 def cached(fn):
@@ -81,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     opts_thr = {"threads": args.threads} if args.threads else {}
     rows = []
     for model in args.models:
-        items = sr_items(args.data, work) if model.endswith("-sr") else find_pairs(args.data)
+        items = find_pairs(args.data)
         ref_enh = open_enhancer(model, "torch", **opts_thr)
         reference = cached(ref_enh.run_tensor)
         for precision in args.precisions:
@@ -92,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             export_s = time.perf_counter() - t0
             cand = open_enhancer(str(path), "onnxruntime", **opts_thr)
             report = run_parity(reference, cand.run_tensor, items, precision, f"{model} [torch fp32]",
-                                f"{path.name} [onnxruntime]", progress=say)
+                                f"{path.name} [onnxruntime]", progress=say, scale=cand.scale)
             cand.close()
             for line in report.lines():
                 say(line)

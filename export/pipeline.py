@@ -98,7 +98,7 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
     onx.check(base, str(out))
 
     info: dict = {}
-    calib_dir = Path(opts.calib_dir) if opts.calib_dir else prec.default_calibration_dir()
+    calib_dir = Path(opts.calib_dir) if opts.calib_dir else prec.default_calibration_dir(spec.scale)
     cw, ch = opts.calib_size
     if opts.precision == "fp32":
         graph = base

@@ -120,11 +120,15 @@ def fp16_from_onnx(proto, block_nodes: Iterable[str] = (), block_ops: Iterable[s
 
 # -- INT8 calibration ---------------------------------------------------------------------------
 
-def default_calibration_dir() -> Path:
-    """A sample of LOL-v1 train/low beside the repository (or the working folder), else samples/night."""
+def default_calibration_dir(scale: int = 1) -> Path:
+    """LOL-v1 train/low beside the repository (or the working folder), else samples/night.
+
+    An SR model (``scale`` 2) upscales normal-light frames, so it calibrates on train/high: activation
+    ranges measured on dark frames clip bright ones.
+    """
     repo = Path(__file__).resolve().parents[1]
     for base in (Path.cwd(), repo):
-        cand = base.parent / "shared" / "data" / "lol-v1" / "train" / "low"
+        cand = base.parent / "shared" / "data" / "lol-v1" / "train" / ("low" if scale == 1 else "high")
         if cand.is_dir():
             return cand
     return repo / "samples" / "night"

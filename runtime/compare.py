@@ -191,10 +191,19 @@ def run_parity(
     from deepfusionnet.runtime.images import read_image
     from deepfusionnet.runtime.processing import to_image, to_tensor
 
+    from deepfusionnet.runtime.evaluate import prepare_pair
+
     report = ParityReport(reference_name, candidate_name, precision, output, tolerance_for(precision))
     for path, gt_path in items:
-        x = to_tensor(read_image(path))
-        gt = read_image(gt_path) if gt_path is not None else None
+        if scale > 1 and gt_path is not None:
+            # An SR model upscales normal-light frames, not dark ones: as in dfn eval, its input is the
+            # blurred, downscaled ground truth.
+            gt = read_image(gt_path)
+            img, gt = prepare_pair(gt, gt, Path(path).name, scale, "lol")
+        else:
+            img = read_image(path)
+            gt = read_image(gt_path) if gt_path is not None else None
+        x = to_tensor(img)
         if size is not None:
             x, h, w = _fit(x, size)
             ref = reference(x)[..., : h * scale, : w * scale]

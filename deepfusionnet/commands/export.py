@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.onnx path: legacy TorchScript (default) or dynamo")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     g = p.add_argument_group("INT8 calibration")
-    g.add_argument("--calib", metavar="DIR", help="night frames to calibrate on (default: LOL-v1 train/low "
-                   "beside the repository, else samples/night)")
+    g.add_argument("--calib", metavar="DIR", help="frames to calibrate on (default: LOL-v1 train/low beside the "
+                   "repository, train/high for the SR model, else samples/night)")
     g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="percentile")
     g.add_argument("--calib-count", type=int, default=32, metavar="N", help="frames to calibrate on (default 32)")
     g.add_argument("--calib-size", type=_size, default=(320, 240), metavar="WxH", help="calibration size (default 320x240)")
