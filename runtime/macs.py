@@ -134,9 +134,11 @@ def _numel(dims: tuple[int, ...]) -> int:
 
 
 def onnx_params(summary: OnnxGraphSummary) -> tuple[int, int]:
-    """``(parameters, all initializer elements)``: parameters leave out BatchNorm running stats."""
-    stats = {ins[i] for op, ins, _ in summary.nodes if op == "BatchNormalization"
-             for i in (3, 4) if i < len(ins)}
+    """``(parameters, all initializer elements)``: parameters leave out BatchNorm running stats and
+    the constants that only say how to resize (Resize's roi/scales/sizes), as torch does."""
+    not_params = {"BatchNormalization": (3, 4), "Resize": (1, 2, 3)}
+    stats = {ins[i] for op, ins, _ in summary.nodes if op in not_params
+             for i in not_params[op] if i < len(ins)}
     total = sum(_numel(d) for d, _ in summary.initializers.values())
     params = sum(_numel(d) for name, (d, t) in summary.initializers.items()
                  if name not in stats and t in _PARAM_DTYPES)
