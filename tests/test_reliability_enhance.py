@@ -311,11 +311,16 @@ def test_live_source_disappears_reconnects_then_stops_keeping_the_video(tmp_path
 # ---------------------------------------------------------------- interrupted batches
 
 
-def _batch(tmp_path: Path, n: int = 10) -> Path:
+# Big enough that a batch takes seconds even on a fast CI machine, so a signal sent after the first output
+# still lands mid-batch.
+BATCH, SIDE = 24, 256
+
+
+def _batch(tmp_path: Path, n: int = BATCH) -> Path:
     src = tmp_path / "in"
     src.mkdir()
     for i in range(n):
-        cv2.imwrite(str(src / f"{i:02d}.png"), RNG.integers(0, 80, (128, 128, 3), dtype=np.uint8))
+        cv2.imwrite(str(src / f"{i:02d}.png"), RNG.integers(0, 80, (SIDE, SIDE, 3), dtype=np.uint8))
     return src
 
 
@@ -339,7 +344,7 @@ def _wait_for_output(proc: subprocess.Popen, out: Path, timeout: float = 240) ->
 def _complete_outputs(src: Path, out: Path) -> list[str]:
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     for name in names:
-        assert read_image(out / name).shape == (128, 128, 3), name  # never half-written
+        assert read_image(out / name).shape == (SIDE, SIDE, 3), name  # never half-written
     assert set(names) <= {p.name for p in src.iterdir()}
     return names
 
@@ -357,13 +362,13 @@ def test_interrupt_keeps_finished_outputs_then_skip_existing_completes(tmp_path,
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     done = _complete_outputs(src, out)
-    assert 1 <= len(done) < 10, "interrupt came too late to test anything"
+    assert 1 <= len(done) < BATCH, "interrupt came too late to test anything"
     assert not temporaries(out)
     proc = _start(*args, "--skip-existing")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert f"skipping {len(done)} input(s)" in err
-    assert len(_complete_outputs(src, out)) == 10
+    assert len(_complete_outputs(src, out)) == BATCH
     assert not temporaries(out)
 
 
@@ -381,7 +386,7 @@ def test_kill9_mid_batch_then_skip_existing_completes(tmp_path, slow_model):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert f"skipping {len(done)} input(s)" in err
-    assert len(_complete_outputs(src, out)) == 10
+    assert len(_complete_outputs(src, out)) == BATCH
 
 
 @pytest.mark.slow
@@ -427,18 +432,22 @@ def test_interrupted_video_is_closed_playable_and_kept(tmp_path, slow_model):
 
 @pytest.mark.slow
 def test_kill9_mid_video_leaves_no_half_file_under_the_real_name(tmp_path, slow_model):
-    clip = write_video(tmp_path / "clip.mp4", n=60, size=(128, 128))
+    # Long enough (seconds even on a fast CI machine) that the kill lands while the video is being written;
+    # a 3-frame job once finished and renamed between two polls.
+    n = 300
+    clip = write_video(tmp_path / "clip.mp4", n=n, size=(128, 128))
     out = tmp_path / "out"
-    args = [clip, "-o", out, "--model", slow_model, "--backend", "onnxruntime", "--max-frames", "3"]
+    args = [clip, "-o", out, "--model", slow_model, "--backend", "onnxruntime"]
     proc = _start(*args)
-    _wait_for(lambda: out.is_dir() and any(out.iterdir()), proc)
+    _wait_for(lambda: out.is_dir() and any(".part" in p.name for p in out.iterdir()), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "clip.mp4").exists()
     proc = _start(*args)  # the same command again finishes the job
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert count_frames(out / "clip.mp4") == (3, (128, 128))
+    assert count_frames(out / "clip.mp4") == (n, (128, 128))
+    assert not temporaries(out), temporaries(out)
 
 
 @pytest.mark.slow
