@@ -118,6 +118,32 @@ def test_resume_mid_epoch_is_exact(tiny, straight, tmp_path, capsys):
     assert (out / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
 
 
+def test_ema_weights_are_the_average_and_resume_exactly(tiny, straight, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    ema = tmp_path / "ema"
+    assert dfn(capsys, *train_args(tiny, ema, 4, "--ema", "0.5"))[0] == 0
+    assert json.loads((ema / "config.json").read_text())["ema_decay"] == 0.5
+    raw = torch.load(ema / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    plain = torch.load(straight / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    # The average only watches: the optimised weights are those of the same run without --ema ...
+    assert raw.keys() == plain.keys() and all(torch.equal(raw[k], plain[k]) for k in raw)
+    # ... while the weights it saves are the average, which differs from the last step's.
+    saved = load_file(str(ema / "last.safetensors"))
+    assert any(saved[k].is_floating_point() and not torch.equal(saved[k], raw[k]) for k in saved)
+    # Interrupted inside epoch 2, then resumed: identical to the uninterrupted EMA run.
+    out = tmp_path / "resumed"
+    assert dfn(capsys, *train_args(tiny, out, 4, "--ema", "0.5", "--max-steps", "3"))[0] == 0
+    assert dfn(capsys, *train_args(tiny, out, 4, "--ema", "0.5", "--resume"))[0] == 0
+    assert same_weights(out / "last.safetensors", ema / "last.safetensors")
+    assert (out / "metrics.csv").read_text() == (ema / "metrics.csv").read_text()
+
+
+def test_ema_out_of_range_is_one_line(tiny, tmp_path, capsys):
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--ema", "1.5"))
+    assert code == 1 and "--ema" in err and len(err.strip().splitlines()) == 1, err
+
+
 def _wait_for_new_checkpoint(proc: subprocess.Popen, ckpt: Path, after: float, timeout: float = 240) -> None:
     t0 = time.monotonic()
     while not (ckpt.is_file() and ckpt.stat().st_mtime > after):
