@@ -52,6 +52,15 @@ def isa_features() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
+def has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16, AMX, Arm BF16).
+
+    Without it PyTorch's CPU bf16 autocast falls back to slow kernels: measured 80x slower than FP32 for
+    one DeepFusionNet forward pass on an AVX2-only Zen 3, where it is 1.6x faster on an AVX512-BF16 Zen 5.
+    """
+    return bool(set(isa_features()) & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -1,7 +1,7 @@
 """`dfn train` end to end on six real LOL pairs shrunk to 64x48: outputs, exact resume, kill -9,
 option changes, unsafe or foreign weights, and a two-process torchrun (gloo) run.
 
-Runs use ``--threads 1`` (bitwise-reproducible CPU kernels) and the default bf16 autocast: resumed
+Runs use ``--threads 1`` (bitwise-reproducible CPU kernels) and the default ``--bf16 auto``: resumed
 and straight runs are compared bit for bit.
 """
 
@@ -93,7 +93,7 @@ def straight(tiny, tmp_path_factory) -> Path:
 
 def test_run_writes_config_metrics_curves_and_weights(straight):
     cfg = json.loads((straight / "config.json").read_text())
-    assert cfg["epochs"] == 4 and cfg["crop"] == 32 and cfg["model"] == "deepfusionnet" and cfg["bf16"] is True
+    assert cfg["epochs"] == 4 and cfg["crop"] == 32 and cfg["model"] == "deepfusionnet" and cfg["bf16"] == "auto"
     rows = (straight / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].split(",")[:4] == ["epoch", "step", "lr", "loss"] and "val_psnr" in rows[0]
     assert len(rows) == 5
@@ -137,6 +137,41 @@ def test_ema_weights_are_the_average_and_resume_exactly(tiny, straight, tmp_path
     assert dfn(capsys, *train_args(tiny, out, 4, "--ema", "0.5", "--resume"))[0] == 0
     assert same_weights(out / "last.safetensors", ema / "last.safetensors")
     assert (out / "metrics.csv").read_text() == (ema / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize("flags,setting,native,autocast", [
+    ([], "auto", {"avx2", "avx512_bf16"}, True),
+    ([], "auto", {"avx2", "fma"}, False),  # AVX2-only CPU: bf16 autocast measured 80x slower than FP32
+    (["--bf16", "on"], "on", {"avx2"}, True),
+    (["--no-bf16"], "off", {"avx512_bf16"}, False),
+])
+def test_bf16_autocast_only_where_the_cpu_has_it(tiny, tmp_path, capsys, monkeypatch, flags, setting, native, autocast):
+    from deepfusionnet.runtime import machine
+
+    monkeypatch.setattr(machine, "isa_features", lambda: sorted(native))
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, *a, enabled=True, **kw):
+        seen.append(enabled)
+        return real(device_type, *a, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--max-steps", "1", *flags))
+    assert code == 0
+    assert seen == [autocast]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bf16"] == setting
+    assert f"training with {'bf16 autocast' if autocast else 'fp32'}" in err
+
+
+def test_resume_of_a_run_saved_with_a_boolean_bf16(tiny, straight, tmp_path, capsys):
+    out = tmp_path / "old"
+    shutil.copytree(straight, out)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "bf16": False}))  # as runs wrote it before "auto"
+    code, err = dfn(capsys, *train_args(tiny, out, 5, "--resume"))
+    assert code == 1 and "bf16: 'off' -> 'auto'" in err  # read as "off", so asking for auto is a change
+    assert dfn(capsys, *train_args(tiny, out, 4, "--bf16", "off", "--resume"))[0] == 0
 
 
 def test_ema_out_of_range_is_one_line(tiny, tmp_path, capsys):

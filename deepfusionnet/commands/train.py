@@ -20,7 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--ssim-weight", type=float, default=1.0, help="lambda in MSE + lambda*(1-SSIM)")
-    p.add_argument("--no-bf16", action="store_true", help="train in FP32 instead of CPU bf16 autocast")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="CPU bf16 autocast; auto: on only where the CPU has bf16 hardware (AVX512-BF16, AMX, Arm)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_const", const="off", help="same as --bf16 off")
     p.add_argument("--val-count", type=int, default=12, help="training pairs held out for validation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out or f"runs/{args.model}", model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
-        ssim_weight=args.ssim_weight, bf16=not args.no_bf16, val_count=args.val_count, seed=args.seed,
+        ssim_weight=args.ssim_weight, bf16=args.bf16, val_count=args.val_count, seed=args.seed,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema)
     result = train(cfg, resume=args.resume)
