@@ -186,10 +186,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     rank, world = _dist()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and has_native_bf16())
-    if rank == 0:
-        print(f"training with {'bf16 autocast' if bf16 else 'fp32'} on the CPU (--bf16 {cfg.bf16})",
-              file=sys.stderr, flush=True)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     spec = get_spec(cfg.model)
@@ -201,6 +197,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise DFNError(f"{cfg.data}: no training pairs left after holding out {cfg.val_count} for validation")
     val = pairs.subset(val_idx)
     trainset = pairs.subset(train_idx)
+    need = cfg.crop * (2 if sr else 1)  # SR crops the normal-light image at 2x the LR crop
+    h, w = min((im.shape[:2] for im in (trainset.high if sr else trainset.low)), key=lambda hw: min(hw))
+    if min(h, w) < need:  # refuse now, not at the first unlucky sample
+        raise DFNError(f"crop {need} is larger than an image of {w}x{h}")
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)
@@ -248,6 +248,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         for stale in out.glob(".*.part"):  # temporaries of a write cut short by kill -9
             stale.unlink(missing_ok=True)
 
+    bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and has_native_bf16())
+    if rank == 0:  # only once the inputs are known good: a bad run fails with its one error line
+        print(f"training with {'bf16 autocast' if bf16 else 'fp32'} on the CPU (--bf16 {cfg.bf16})",
+              file=sys.stderr, flush=True)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
