@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -25,6 +24,7 @@ from deepfusionnet.runtime.baselines import BASELINES
 from deepfusionnet.runtime.evaluate import evaluate
 from deepfusionnet.runtime.images import atomic_write_bytes
 from deepfusionnet.runtime.pairs import find_pairs
+from portable_paths import portable  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "lol-v1" / "eval15"
@@ -35,14 +35,6 @@ PAPER_CLAIM = "seed paper: 26.30 dB / 0.928 on its own 19-image 256x256 split (n
 def _shipped_backend(name: str) -> str:
     # The FP32 ONNX on ONNX Runtime once exported; until then the PyTorch weights.
     return "onnxruntime" if shipped_path(name, "onnx").is_file() else "torch"
-
-
-def portable(path) -> str:
-    """A path relative to the repository (``../shared/...`` for the data), so results hold no machine paths."""
-    try:
-        return Path(os.path.relpath(Path(path).resolve(), REPO)).as_posix()
-    except (TypeError, ValueError):
-        return str(path)
 
 
 def run_row(model: str, backend: str, pairs, protocol: str) -> dict:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from portable_paths import portable  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "lol-v1" / "eval15"
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_enh.close()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"data": str(args.data), "backend": "onnxruntime CPU", "reference": "PyTorch FP32 (same weights)",
+    doc = {"data": portable(args.data), "backend": "onnxruntime CPU", "reference": "PyTorch FP32 (same weights)",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
     from deepfusionnet.runtime.compare import _finite
 

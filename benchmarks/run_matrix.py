@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from portable_paths import portable_tree  # benchmarks/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MODELS = ["deepfusionnet", "deepfusionnet-sr", "deepfusionnet+deepfusionnet-sr", "half:deepfusionnet+deepfusionnet-sr"]
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "quick" if args.quick else "matrix"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(portable_tree(result), indent=2, default=str) + "\n")
     md = [f"# Benchmark matrix ({'quick' if args.quick else 'full'})\n", machine_markdown(result["machine"]),
           f"\nCommand: `{result['settings']['command']}`; {runs} timed runs + {args.warmup} warm-up per row, "
           f"round-robin per (model, size); eval15 quality on {len(pairs) if pairs else 0} images; "

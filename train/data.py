@@ -77,11 +77,18 @@ def augment(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def check_crop_fits(images: list[np.ndarray], size: int) -> None:
+    """Raise the one-line error for the first image that a ``size`` crop does not fit."""
+    for img in images:
+        h, w = img.shape[:2]
+        if h < size or w < size:
+            raise DFNError(f"crop {size} is larger than an image of {w}x{h}")
+
+
 def random_crop(rng: np.random.Generator, size: int, *arrays: np.ndarray, scales: tuple[int, ...] = ()) -> list[np.ndarray]:
     """Aligned random crops: ``arrays[i]`` is cropped at ``size * scales[i]`` (default 1)."""
+    check_crop_fits(arrays[:1], size)
     h, w = arrays[0].shape[:2]
-    if h < size or w < size:
-        raise DFNError(f"crop {size} is larger than an image of {w}x{h}")
     y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
     scales = scales or (1,) * len(arrays)
     return [a[y * s:(y + size) * s, x * s:(x + size) * s] for a, s in zip(arrays, scales)]

@@ -64,8 +64,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        if isinstance(d.get("bf16"), bool):  # config.json of runs from before "auto"
-            d = {**d, "bf16": "on" if d["bf16"] else "off"}
         unknown = set(d) - names
         if unknown:
             raise DFNError(f"unknown training option(s): {', '.join(sorted(unknown))}")
@@ -197,10 +195,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise DFNError(f"{cfg.data}: no training pairs left after holding out {cfg.val_count} for validation")
     val = pairs.subset(val_idx)
     trainset = pairs.subset(train_idx)
-    need = cfg.crop * (2 if sr else 1)  # SR crops the normal-light image at 2x the LR crop
-    h, w = min((im.shape[:2] for im in (trainset.high if sr else trainset.low)), key=lambda hw: min(hw))
-    if min(h, w) < need:  # refuse now, not at the first unlucky sample
-        raise DFNError(f"crop {need} is larger than an image of {w}x{h}")
+    # Refuse now, not at the first sample; SR crops the normal-light image at 2x the LR crop.
+    D.check_crop_fits(trainset.high if sr else trainset.low, cfg.crop * (2 if sr else 1))
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)
@@ -214,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
         # use_buffers: average BatchNorm running statistics too, so the averaged model is self-consistent.
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    shipped = ema.module if ema is not None else model  # what is validated and saved as weights
+    kept = ema.module if ema is not None else model  # what is validated and saved as weights
     steps_per_epoch = max(1, len(trainset) // (cfg.batch_size * world))
     total_steps = steps_per_epoch * cfg.epochs
 
@@ -272,7 +268,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             return
         checkpoint(epoch, step_in_epoch, losses)
         if rank == 0:
-            save_weights(shipped, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
+            save_weights(kept, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
             print(f"checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}; "
                   "run the same command with --resume to continue", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
@@ -316,20 +312,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if step_in_epoch < steps_per_epoch:  # stopped by --max-steps inside an epoch
                 checkpoint(epoch, step_in_epoch, losses)
                 if rank == 0:
-                    save_weights(shipped, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
+                    save_weights(kept, cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
                 break
             epoch += 1
             step_in_epoch = 0
             row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step), "loss": float(np.mean(losses)) if losses else float("nan")}
             if rank == 0 and len(val) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-                m = evaluate_model(shipped, val, spec.multiple, spec.scale, sr)
+                m = evaluate_model(kept, val, spec.multiple, spec.scale, sr)
                 row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
                 if m["psnr"] > best:
                     best = m["psnr"]
-                    save_weights(shipped, cfg.model, out / "best.safetensors", {"epoch": epoch, "val_psnr": f"{best:.3f}"})
+                    save_weights(kept, cfg.model, out / "best.safetensors", {"epoch": epoch, "val_psnr": f"{best:.3f}"})
             if rank == 0:
                 history.append(row)
-                save_weights(shipped, cfg.model, out / "last.safetensors", {"epoch": epoch})
+                save_weights(kept, cfg.model, out / "last.safetensors", {"epoch": epoch})
                 _write_metrics(out, history)
                 print(json.dumps(row), file=sys.stderr, flush=True)
             losses = []
