@@ -174,6 +174,33 @@ def test_resume_of_a_run_saved_with_a_boolean_bf16(tiny, straight, tmp_path, cap
     assert dfn(capsys, *train_args(tiny, out, 4, "--bf16", "off", "--resume"))[0] == 0
 
 
+def test_freeze_bn_keeps_init_statistics_and_trains_the_rest(tiny, straight, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    init = straight / "last.safetensors"
+    out = tmp_path / "frozen"
+    assert dfn(capsys, *train_args(tiny, out, 2, "--init", init, "--freeze-bn", "--lr", "1e-3"))[0] == 0
+    before, after = load_file(str(init)), load_file(str(out / "last.safetensors"))
+    stats = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith(".weight"))
+    # The same fine-tune with BatchNorm training updates the statistics: the test above can fail.
+    moving = tmp_path / "moving"
+    assert dfn(capsys, *train_args(tiny, moving, 2, "--init", init, "--lr", "1e-3", "--max-steps", "3"))[0] == 0
+    assert any(not torch.equal(before[k], load_file(str(moving / "last.safetensors"))[k]) for k in stats)
+    # A run started before --freeze-bn existed resumes: the missing option reads as its default (off).
+    cfg = json.loads((moving / "config.json").read_text())
+    del cfg["freeze_bn"]
+    (moving / "config.json").write_text(json.dumps(cfg))
+    assert dfn(capsys, *train_args(tiny, moving, 2, "--init", init, "--lr", "1e-3", "--resume"))[0] == 0
+    assert json.loads((moving / "metrics.json").read_text())[-1]["step"] == 4
+
+
+def test_freeze_bn_without_init_is_one_line(tiny, tmp_path, capsys):
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--freeze-bn"))
+    assert code == 1 and "--init" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_ema_out_of_range_is_one_line(tiny, tmp_path, capsys):
     code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--ema", "1.5"))
     assert code == 1 and "--ema" in err and len(err.strip().splitlines()) == 1, err

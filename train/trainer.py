@@ -60,6 +60,10 @@ class TrainConfig:
     # weights then come from the average: epoch-to-epoch validation swings of 0.5-1 dB were measured on
     # LOL, much of it BatchNorm running-statistics noise.
     ema_decay: float = 0.0
+    # Keep BatchNorm in inference mode while training: its running statistics stay those of --init and only
+    # the weights (BN's affine ones included) learn. For fine-tuning on large crops or full frames at a
+    # batch size too small for batch statistics; training then sees exactly the normalisation inference uses.
+    freeze_bn: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -81,6 +85,8 @@ class TrainConfig:
             raise DFNError("--bf16 must be auto, on or off")
         if not 0.0 <= self.ema_decay < 1.0:
             raise DFNError("--ema must be in [0, 1), e.g. 0.999 (0 turns it off)")
+        if self.freeze_bn and not self.init:
+            raise DFNError("--freeze-bn keeps the BatchNorm statistics of --init; pass --init WEIGHTS with it")
 
 
 # Options that may change between a run and its resumption without changing what is learned.
@@ -100,6 +106,13 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     return np.random.default_rng([seed, epoch]).permutation(n)[rank::world]
 
 
+def freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Put every BatchNorm layer in inference mode: normalise with, and never update, the running statistics."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict:
     """The run's checkpoint, after checking that ``cfg`` is the configuration it was started with."""
     ckpt_path = out / "checkpoint.pt"
@@ -111,8 +124,10 @@ def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict:
             saved_cfg["bf16"] = "on" if saved_cfg["bf16"] else "off"
     except (OSError, ValueError) as exc:
         raise DFNError(f"{out / 'config.json'}: missing or unreadable ({exc})") from None
-    diff = [f"{k}: {saved_cfg.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
-            if k not in _RUN_CONTROL and saved_cfg.get(k) != v]
+    # An option newer than the run was started with its default value.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    diff = [f"{k}: {saved_cfg.get(k, defaults[k])!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in _RUN_CONTROL and saved_cfg.get(k, defaults[k]) != v]
     if diff:
         raise DFNError(f"{out}: --resume needs the options the run was started with; changed: {', '.join(diff)}")
     try:
@@ -277,6 +292,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         while epoch < cfg.epochs:
             order = epoch_order(len(trainset), cfg.seed, epoch, rank, world)
             net.train()
+            if cfg.freeze_bn:
+                freeze_batchnorm(model)
             bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
                        disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1",
                        initial=step_in_epoch, total=steps_per_epoch)
