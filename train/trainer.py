@@ -119,15 +119,14 @@ def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict:
     if not ckpt_path.is_file():
         raise DFNError(f"{out}: nothing to resume (no checkpoint.pt; was the run started with this --out?)")
     try:
-        saved_cfg = json.loads((out / "config.json").read_text())
+        # An option newer than the run counts as started with its default value.
+        saved_cfg = {**dataclasses.asdict(TrainConfig(data=cfg.data)), **json.loads((out / "config.json").read_text())}
         if isinstance(saved_cfg.get("bf16"), bool):  # runs from before "auto"
             saved_cfg["bf16"] = "on" if saved_cfg["bf16"] else "off"
     except (OSError, ValueError) as exc:
         raise DFNError(f"{out / 'config.json'}: missing or unreadable ({exc})") from None
-    # An option newer than the run was started with its default value.
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    diff = [f"{k}: {saved_cfg.get(k, defaults[k])!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
-            if k not in _RUN_CONTROL and saved_cfg.get(k, defaults[k]) != v]
+    diff = [f"{k}: {saved_cfg[k]!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in _RUN_CONTROL and saved_cfg[k] != v]
     if diff:
         raise DFNError(f"{out}: --resume needs the options the run was started with; changed: {', '.join(diff)}")
     try:
