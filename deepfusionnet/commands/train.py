@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-prob", type=float, default=0.0, help="share of samples darkened synthetically")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="keep an exponential moving average of the weights (e.g. 0.999) and validate/save it")
+                   help="keep an exponential moving average of the weights (e.g. 0.999) and validate/save it, "
+                        "with BatchNorm statistics re-estimated for it")
     p.add_argument("--freeze-bn", action="store_true",
                    help="keep BatchNorm statistics fixed at those of --init (fine-tuning on big crops, small batches)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke tests)")
