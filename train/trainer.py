@@ -168,6 +168,14 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
 BN_REFRESH_BATCHES = 32
 
 
+def training_sample(trainset: D.PairSet, i: int, rng: np.random.Generator, cfg: TrainConfig,
+                    sr: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented ``(input, target)`` crop of pair ``i``, as the run's model is trained on."""
+    if sr:
+        return D.sr_sample(trainset, i, rng, cfg.crop)
+    return D.enhancement_sample(trainset, i, rng, cfg.crop, cfg.synthetic_prob)
+
+
 def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainConfig, epoch: int, sr: bool,
                       bf16: bool) -> None:
     """Re-estimate ``model``'s BatchNorm statistics on training crops (``torch.optim.swa_utils.update_bn``).
@@ -183,9 +191,7 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
     batches = []
     for _ in range(BN_REFRESH_BATCHES):
         picks = rng.integers(len(trainset), size=cfg.batch_size)
-        xs = [(D.sr_sample(trainset, int(i), rng, cfg.crop) if sr else
-               D.enhancement_sample(trainset, int(i), rng, cfg.crop, cfg.synthetic_prob))[0] for i in picks]
-        batches.append(torch.from_numpy(np.stack(xs)))
+        batches.append(torch.from_numpy(np.stack([training_sample(trainset, int(i), rng, cfg, sr)[0] for i in picks])))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the training forward passes run
         update_bn(batches, model)
 
@@ -332,7 +338,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 for j in range(cfg.batch_size):
                     i = int(order[(step * cfg.batch_size + j) % len(order)])
                     rng = np.random.default_rng([cfg.seed, epoch, step, j, rank])
-                    x, y = D.sr_sample(trainset, i, rng, cfg.crop) if sr else D.enhancement_sample(trainset, i, rng, cfg.crop, cfg.synthetic_prob)
+                    x, y = training_sample(trainset, i, rng, cfg, sr)
                     xs.append(x)
                     ys.append(y)
                 x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
