@@ -4,11 +4,14 @@ TensorRT 11 has no FP16/INT8 builder switches and no implicit calibrators, so pr
 the ONNX graph; TensorRT 10 (JetPack 6) builds the same graphs strongly typed. Both conversions keep
 FP32 inputs/outputs and keep the numerically fragile nodes in FP32:
 
-- FP16: the global (spatial) ReduceMean/ReduceMax of CBAM attention (a mean over a whole frame), and
-  any node whose FP32 activations were measured above ``data_max`` on real frames.
+- FP16: the global (spatial) ReduceMean/ReduceMax of CBAM attention (a mean over a whole frame),
+  any node whose FP32 activations were measured above ``data_max`` on real frames, and any node
+  with a weight the converter would clamp (|w| >= 1e4, e.g. a BatchNorm running variance of 1.8e5:
+  clamped, it rescaled that layer's output and cost a trained model 30 dB of FP16 parity).
 - INT8: symmetric (zero point 0, as TensorRT requires) per-channel weights and per-tensor activations,
-  calibrated on real night frames; the input convolutions and the output head (last conv + sigmoid)
-  stay in floating point, as INT8 in them visibly shifts colours of enhancement/SR nets.
+  calibrated on real night frames; the full-resolution convolutions (input stage and last decoder
+  stage), the output head (last conv + sigmoid) and the attention convs stay in floating point, as
+  INT8 in them visibly shifts colours of enhancement/SR nets.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 from deepfusionnet.errors import DFNError, require
 
 FP16_MAX = 65504.0
+# onnxconverter-common clamps initializers to +-1e4 (its max_finite_val), well inside FP16's range.
+FP16_WEIGHT_MAX = 1e4
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -66,6 +71,24 @@ def spatial_reductions(graph) -> list[str]:
 
 # -- FP16 -----------------------------------------------------------------------------------------
 
+def large_weight_nodes(graph, limit: float = FP16_WEIGHT_MAX) -> list[str]:
+    """Nodes reading a float initializer with a finite value of magnitude ``>= limit``.
+
+    The FP16 converter would clamp such a value to ``limit``; for a BatchNorm variance or mean that
+    silently changes the layer, so these nodes stay in FP32.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    large = set()
+    for init in graph.initializer:
+        if init.data_type in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            v = numpy_helper.to_array(init)
+            v = v[np.isfinite(v)]
+            if v.size and float(np.abs(v).max()) >= limit:
+                large.add(init.name)
+    return [n.name for n in graph.node if large.intersection(n.input)]
+
+
 def activation_peaks(proto, feeds: Iterable[dict]) -> dict[str, float]:
     """Largest absolute value of every intermediate tensor of the FP32 graph over ``feeds``."""
     onnx = require("onnx", "export")
@@ -93,14 +116,15 @@ def fp16_from_onnx(proto, block_nodes: Iterable[str] = (), block_ops: Iterable[s
                    peaks: dict[str, float] | None = None, data_max: float = FP16_MAX / 8):
     """Convert an FP32 graph to FP16 with FP32 inputs/outputs; returns ``(proto, nodes kept FP32)``.
 
-    Kept in FP32: spatial reductions, nodes named in ``block_nodes``, nodes whose output peak (from
+    Kept in FP32: spatial reductions, nodes with weights the converter would clamp
+    (:func:`large_weight_nodes`), nodes named in ``block_nodes``, nodes whose output peak (from
     :func:`activation_peaks`) exceeds ``data_max`` (headroom: TensorRT may fuse ops and see larger
     intermediates than ONNX Runtime does), and every node of an op type in ``block_ops``.
     """
     require("onnx", "export")
     float16 = require("onnxconverter_common.float16", "export", "onnxconverter-common")
 
-    keep = set(block_nodes) | set(spatial_reductions(proto.graph))
+    keep = set(block_nodes) | set(spatial_reductions(proto.graph)) | set(large_weight_nodes(proto.graph))
     if peaks:
         keep |= {n.name for n in proto.graph.node if any(peaks.get(o, 0.0) > data_max for o in n.output)}
     model = type(proto)()
@@ -109,9 +133,11 @@ def fp16_from_onnx(proto, block_nodes: Iterable[str] = (), block_ops: Iterable[s
     del model.graph.value_info[:]
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # one warning per tiny weight clamped to 1e-7: noise
+            # One warning per tiny weight raised to 1e-7: noise. Large weights never reach the clamp:
+            # their nodes are in ``keep``, so the converter leaves their initializers FP32.
+            warnings.simplefilter("ignore")
             half = float16.convert_float_to_float16(
-                model, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(block_ops),
+                model, max_finite_val=FP16_WEIGHT_MAX, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(block_ops),
                 node_block_list=sorted(keep))
     except Exception as exc:
         raise DFNError(f"FP16 conversion failed ({str(exc).splitlines()[0][:300]})") from None
@@ -252,19 +278,33 @@ def attention_convs(graph) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv" and from_pool(n.input[0], 0)]
 
 
-def input_stage_convs(graph) -> list[str]:
-    """Convolutions before the first downsampling: every path from the graph input to them is free
-    of pooling and resizing (DeepFusionNet: GhostHead and stem, about 6% of the MACs)."""
-    downsample = ("MaxPool", "AveragePool", "Resize", "Upsample")
-    inputs = {i.name for i in graph.input}
-    full_res, out = set(inputs), []
+def resolution_levels(graph) -> dict[str, int]:
+    """Each tensor's scale relative to the graph input: 0 = full resolution, +1 per 2x pooling or
+    strided conv, -1 per 2x resize (structure only; a node takes the largest level of its inputs)."""
+    inits = _initializers(graph)
+    level = {i.name: 0 for i in graph.input if i.name not in inits}
     for node in graph.node:  # ONNX nodes are topologically sorted
-        feeds = [t for t in node.input if t and t not in _initializers(graph)]
-        if node.op_type not in downsample and feeds and all(t in full_res for t in feeds):
-            full_res.update(node.output)
-            if node.op_type == "Conv":
-                out.append(node.name)
-    return out
+        feeds = [level[t] for t in node.input if t in level]
+        if not feeds:
+            continue
+        lv = max(feeds)
+        if node.op_type in ("MaxPool", "AveragePool"):
+            lv += 1
+        elif node.op_type == "Conv":
+            strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1])
+            lv += 1 if max(strides) > 1 else 0
+        elif node.op_type in ("Resize", "Upsample"):
+            lv -= 1
+        for out in node.output:
+            level[out] = lv
+    return level
+
+
+def full_resolution_convs(graph) -> list[str]:
+    """Convolutions whose output is at (or above) the input's resolution: the input stage and the
+    last decoder stage (DeepFusionNet: GhostHead, stem, dec3; about 25% of the MACs)."""
+    level = resolution_levels(graph)
+    return [n.name for n in graph.node if n.op_type == "Conv" and level.get(n.output[0], 1) <= 0]
 
 
 def _initializers(graph) -> set[str]:
@@ -272,10 +312,13 @@ def _initializers(graph) -> set[str]:
 
 
 def default_int8_exclusions(graph) -> list[str]:
-    """Nodes INT8 leaves in float by default: the input stage, the output head, attention convs.
+    """Nodes INT8 leaves in float by default: full-resolution convs, the output head, attention convs.
 
-    Measured on eval15 (interim weights, worst of 3 images vs FP32): quantizing every conv 28.4 dB;
-    keeping only the first convs and the head float 30.3 dB; plus attention convs 31.8 dB; plus the
-    whole input stage 35.9 dB (the darkest frames use few INT8 levels in the first layers).
+    Measured on eval15 (worst of the images vs FP32). Interim weights, 3 images: quantizing every conv
+    28.4 dB; keeping only the first convs and the head float 30.3 dB; plus attention convs 31.8 dB;
+    plus the whole input stage 35.9 dB (the darkest frames use few INT8 levels in the first layers).
+    A later model (session 6, 15 images): with the input stage float, 28.3 dB: on one brighter frame
+    (748) the activations entering the full-resolution decoder stage ran 2-5x past the ranges
+    calibrated on train/low; with every full-resolution conv float, 35.1 dB (mean 47.4).
     """
-    return sorted(set(input_stage_convs(graph)) | set(output_head(graph)) | set(attention_convs(graph)))
+    return sorted(set(full_resolution_convs(graph)) | set(output_head(graph)) | set(attention_convs(graph)))

@@ -152,6 +152,59 @@ def test_fp16_keeps_global_reductions_fp32(exported):
     assert all(producers[t].op_type == "Cast" for t in reduce_in)  # fed through a Cast to FP32
 
 
+def test_fp16_keeps_batchnorm_with_large_statistics_exact():
+    """A BatchNorm variance past the converter's 1e4 clamp (a trained candidate had 1.8e5) must not be
+    clamped: clamped, it rescales the layer's output by sqrt(1.8e5 / 1e4)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepfusionnet.export.precision import fp16_from_onnx, large_weight_nodes
+
+    stats = {"scale": [1.0, 1.0], "bias": [0.0, 0.5], "mean": [3000.0, 0.1], "var": [1.8e5, 2.0]}
+    inits = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in stats.items()]
+    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"], name="bn")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert large_weight_nodes(proto.graph) == ["bn"]
+    half, kept = fp16_from_onnx(proto)
+    assert "bn" in kept
+    rng = np.random.default_rng(0)
+    x = np.stack([3000 + 424 * rng.standard_normal((8, 8)), rng.standard_normal((8, 8))])[None].astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref, out = run(proto), run(half)
+    assert np.abs(ref).max() > 1.0  # normalized values, not a degenerate layer
+    np.testing.assert_allclose(out, ref, atol=2e-3)
+
+
+def test_int8_keeps_every_full_resolution_conv_float():
+    """Encoder and decoder convs at the input's resolution stay float; pooled ones are quantized."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepfusionnet.export.precision import default_int8_exclusions, full_resolution_convs
+
+    w = lambda name, cin: numpy_helper.from_array(np.ones((4, cin, 3, 3), np.float32), name)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], name="enc_full", pads=[1] * 4),
+        helper.make_node("MaxPool", ["a"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w1"], ["b"], name="enc_half", pads=[1] * 4),
+        helper.make_node("Conv", ["b", "w1"], ["c"], name="enc_quarter", pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Resize", ["c", "", "s"], ["u1"], name="up1", mode="nearest"),
+        helper.make_node("Resize", ["u1", "", "s"], ["u"], name="up2", mode="nearest"),
+        helper.make_node("Concat", ["u", "a"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["d"], name="dec_full", pads=[1] * 4),
+        helper.make_node("Conv", ["d", "w1"], ["e"], name="last", pads=[1] * 4),
+        helper.make_node("Sigmoid", ["e"], ["y"], name="sig"),
+    ]
+    inits = [w("w0", 3), w("w1", 4), w("w2", 8), numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "s")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    assert full_resolution_convs(graph) == ["enc_full", "dec_full", "last"]
+    excluded = default_int8_exclusions(graph)
+    assert "enc_half" not in excluded and "enc_quarter" not in excluded
+    assert {"enc_full", "dec_full", "last", "sig"} <= set(excluded)
+
+
 def test_bare_onnx_resolves_from_metadata(exported, tmp_path):
     bare = tmp_path / "bare.onnx"
     shutil.copy(exported["deepfusionnet-sr", "fp16"], bare)  # no sidecar beside it
