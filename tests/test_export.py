@@ -40,11 +40,12 @@ def exported(tmp_path_factory, calib_dir) -> dict:
     for model in ("deepfusionnet", "deepfusionnet-sr"):
         for precision in PRECISIONS:
             path = out / f"{model}-{precision}.onnx"
-            # Few, small calibration frames keep the suite fast (the CLI default is 32 at 320x240); the
-            # enhancer takes the default path (onnxslim, percentile), the SR model the quick one.
+            # The enhancer takes the CLI's default path (32 frames at 320x240, onnxslim, percentile):
+            # with 8 or 16 frames the shipped weights' INT8 misses its tolerance (24-26 dB on these
+            # crops). The SR model takes a quick path (8 frames, MinMax) to keep the suite fast.
             sr = model.endswith("-sr")
             opts = ExportOptions(precision=precision, size=None, check=False, calib_dir=calib_dir,
-                                 calib_count=8, calib_size=(320, 240), simplify=not sr,
+                                 calib_count=8 if sr else 32, calib_size=(320, 240), simplify=not sr,
                                  calib_method="minmax" if sr else "percentile")
             export_model(model, path, opts)
             paths[model, precision] = path
@@ -137,7 +138,8 @@ def test_graphs_carry_precision_metadata_and_sidecars(exported):
         assert side["onnx_sha256"] and side["source_weights_sha256"] and side["tools"]["onnx"]
         assert side["inputs"][0]["shape"][2:] == ["height", "width"]
         if precision == "int8":
-            assert side["calibration"]["count"] == 8 and side["calibration"]["symmetric"]
+            assert side["calibration"]["count"] == (32 if model == "deepfusionnet" else 8)
+            assert side["calibration"]["symmetric"]
             if model == "deepfusionnet":
                 assert side["calibration"]["method"] == "percentile"
 
@@ -145,9 +147,11 @@ def test_graphs_carry_precision_metadata_and_sidecars(exported):
 def test_fp16_keeps_global_reductions_fp32(exported):
     side = json.loads(Path(f"{exported['deepfusionnet', 'fp16']}.json").read_text())
     kept = side["fp16"]["kept_fp32"]
-    assert kept and all("Reduce" in name for name in kept)
+    reductions = [name for name in kept if "Reduce" in name]
+    assert len(reductions) == 16  # CBAM channel attention: mean and max over H, W, in 8 stages
+    assert all("Reduce" in name or "BatchNormalization" in name for name in kept)  # + large-weight BNs
     proto = onnx.load(exported["deepfusionnet", "fp16"])
-    reduce_in = {n.input[0] for n in proto.graph.node if n.name in kept}
+    reduce_in = {n.input[0] for n in proto.graph.node if n.name in reductions}
     producers = {o: n for n in proto.graph.node for o in n.output}
     assert all(producers[t].op_type == "Cast" for t in reduce_in)  # fed through a Cast to FP32
 
