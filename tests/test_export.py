@@ -209,6 +209,59 @@ def test_int8_keeps_every_full_resolution_conv_float():
     assert {"enc_full", "dec_full", "last", "sig"} <= set(excluded)
 
 
+def test_int8_calibrates_in_chunks_with_the_same_ranges():
+    """Chunked calibration (bounded memory) serves every frame once, in equal chunks, and gives MinMax
+    the same ranges as one pass over all frames."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepfusionnet.export.precision import calibration_chunk, int8_from_onnx
+
+    assert [calibration_chunk(n, 8) for n in (32, 30, 7, 13)] == [8, 6, 7, 1]
+    rng = np.random.default_rng(0)
+    frames = [rng.random((1, 3, 16, 16), dtype=np.float32) * (i + 1) for i in range(6)]
+
+    class Reader:
+        def __init__(self):
+            self.passes, self._it = [], iter(range(len(frames)))
+
+        def __len__(self):
+            return len(frames)
+
+        def set_range(self, start_index, end_index):
+            self.passes.append([])
+            self._it = iter(range(start_index, end_index))
+
+        def get_next(self):
+            i = next(self._it, None)
+            if i is None:
+                return None
+            if self.passes:
+                self.passes[-1].append(i)
+            return {"x": frames[i]}
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="c0", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w1"], ["y"], name="c1", pads=[1] * 4)]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w0"),
+             numpy_helper.from_array(rng.standard_normal((2, 4, 3, 3)).astype(np.float32), "w1")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 16, 16])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    def scales(chunk):
+        reader = Reader()
+        q, _, _ = int8_from_onnx(proto, reader, "minmax", exclude=[], chunk=chunk)
+        vals = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+        return reader.passes, {n.input[0]: float(vals[n.input[1]]) for n in q.graph.node
+                               if n.op_type == "QuantizeLinear" and vals[n.input[1]].ndim == 0}
+
+    passes, chunked = scales(2)
+    assert passes == [[0, 1], [2, 3], [4, 5]]
+    none, whole = scales(0)
+    assert none == [] and set(chunked) == set(whole) and {"x", "r"} <= set(whole)
+    assert chunked == pytest.approx(whole, rel=1e-6)
+
+
 def test_bare_onnx_resolves_from_metadata(exported, tmp_path):
     bare = tmp_path / "bare.onnx"
     shutil.copy(exported["deepfusionnet-sr", "fp16"], bare)  # no sidecar beside it
