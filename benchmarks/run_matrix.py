@@ -59,13 +59,16 @@ def export_artifacts(folder: Path, names: list[str], precisions: list[str], log)
 
 
 def up_to_date(path: Path, name: str) -> bool:
-    """Whether ``path`` was exported from the current shipped weights (they are refreshed after training)."""
+    """Whether ``path`` was exported from the current shipped weights (they are refreshed after training)
+    by the current export code (a change to it, e.g. which nodes INT8 keeps float, changes the graph)."""
+    import deepfusionnet.export as export_pkg
     from deepfusionnet.runtime.artifacts import read_sidecar, shipped_path
     from deepfusionnet.runtime.auto import file_sha256
 
     try:
         recorded = read_sidecar(path).get("source_weights_sha256")
-        return recorded == file_sha256(shipped_path(name, "weights"))
+        code = max(f.stat().st_mtime for f in Path(export_pkg.__file__).parent.glob("*.py"))
+        return recorded == file_sha256(shipped_path(name, "weights")) and path.stat().st_mtime > code
     except Exception:  # noqa: BLE001 - unreadable sidecar or weights: export again
         return False
 
