@@ -186,7 +186,8 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
     crops: re-estimated on 32 batches of random 256-pixel crops, the same weights validated anywhere
     from 21.11 to 21.65 dB depending on the draw, so the "best" epoch was partly the luckiest draw; on
     64 or all 246 whole frames they gave 21.36 both times (32 frames: 21.04, too few to average over
-    scene brightness). Deterministic (the same frames every time, FP32 as inference runs), so the
+    scene brightness; 64 frames in batches of 4, which keeps some between-image variance as training
+    batches do: 21.28). Deterministic (the same frames every time, FP32 as inference runs), so the
     training sample stream, and with it an exact ``--resume``, are untouched.
     """
     from torch.optim.swa_utils import update_bn
