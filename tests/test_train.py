@@ -196,6 +196,21 @@ def test_freeze_bn_keeps_init_statistics_and_trains_the_rest(tiny, straight, tmp
     assert json.loads((moving / "metrics.json").read_text())[-1]["step"] == 4
 
 
+def test_init_takes_the_shipped_model_name(tiny, tmp_path, capsys):
+    """``--init deepfusionnet`` starts from the shipped weights, as every other command resolves the name."""
+    from safetensors.torch import load_file
+
+    from deepfusionnet.runtime.artifacts import shipped_path
+
+    out = tmp_path / "from-shipped"
+    assert dfn(capsys, *train_args(tiny, out, 1, "--init", "deepfusionnet", "--freeze-bn", "--lr", "1e-12",
+                                   "--max-steps", "1"))[0] == 0
+    shipped, got = load_file(str(shipped_path("deepfusionnet", "weights"))), load_file(str(out / "last.safetensors"))
+    # One step at lr 1e-12 barely moves the weights; frozen statistics are the shipped ones exactly.
+    assert all(torch.allclose(shipped[k].float(), got[k].float(), atol=1e-6) for k in shipped)
+    assert torch.equal(shipped["bottleneck.bn.running_var"], got["bottleneck.bn.running_var"])
+
+
 def test_freeze_bn_without_init_is_one_line(tiny, tmp_path, capsys):
     code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--freeze-bn"))
     assert code == 1 and "--init" in err and len(err.strip().splitlines()) == 1, err

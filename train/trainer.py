@@ -257,7 +257,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)
     if cfg.init and not resume:
-        init_model, _ = load_model(cfg.init, name=cfg.model)
+        from deepfusionnet.runtime.artifacts import resolve
+
+        init_model, _ = load_model(resolve(cfg.init, "weights").path, name=cfg.model)  # a shipped name or a file
         model.load_state_dict(init_model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ema = None
