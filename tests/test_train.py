@@ -196,6 +196,33 @@ def test_freeze_bn_keeps_init_statistics_and_trains_the_rest(tiny, straight, tmp
     assert json.loads((moving / "metrics.json").read_text())[-1]["step"] == 4
 
 
+def test_batchnorm_refresh_uses_the_centre_of_big_frames(tiny, monkeypatch):
+    """Frames larger than one runtime tile contribute their centre only, so a folder of 12 MP photos
+    cannot exhaust memory in the refresh; smaller frames are used whole."""
+    from torch.optim.swa_utils import update_bn
+
+    from deepfusionnet.train import data as D
+    from deepfusionnet.train import trainer
+
+    pairs = D.load_pairs(tiny)  # 64x48 frames
+    cfg = trainer.TrainConfig(data=str(tiny))
+    torch.manual_seed(0)
+    model = create_model("deepfusionnet")
+
+    def stats(frames):
+        m = create_model("deepfusionnet")
+        m.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            update_bn([torch.from_numpy(f.transpose(2, 0, 1)[None].astype(np.float32) / 255.0) for f in frames], m)
+        return next(b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)).running_var
+
+    monkeypatch.setattr(trainer, "BN_REFRESH_MAX_SIDE", 32)
+    trainer.refresh_batchnorm(model, pairs, cfg, sr=False, multiple=8)
+    got = next(b for b in model.modules() if isinstance(b, torch.nn.BatchNorm2d)).running_var.clone()
+    torch.testing.assert_close(got, stats([f[8:40, 16:48] for f in pairs.low]))
+    assert not torch.allclose(got, stats(pairs.low), rtol=1e-3)  # whole frames would differ
+
+
 def test_init_takes_the_shipped_model_name(tiny, tmp_path, capsys):
     """``--init deepfusionnet`` starts from the shipped weights, as every other command resolves the name."""
     from safetensors.torch import load_file

@@ -166,6 +166,7 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
 
 
 BN_REFRESH_FRAMES = 64
+BN_REFRESH_MAX_SIDE = 1024  # larger frames contribute their centre, the size of one runtime tile
 
 
 def training_sample(trainset: D.PairSet, i: int, rng: np.random.Generator, cfg: TrainConfig,
@@ -194,17 +195,25 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
 
     count = min(BN_REFRESH_FRAMES, len(trainset))
     rng = np.random.default_rng([cfg.seed, 0x5EED])  # SR: one fixed degradation per frame
-    frames = []
-    for i in np.linspace(0, len(trainset) - 1, count).round().astype(int):
-        if sr:
-            hi = trainset.high[i]
-            lo = D.degrade_for_sr(hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2], rng)
-        else:
-            lo = trainset.low[i]
-        x, _ = pad_to_multiple(lo.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, multiple)
-        frames.append(torch.from_numpy(x))
+    side = BN_REFRESH_MAX_SIDE
+
+    def centre(img: np.ndarray, limit: int) -> np.ndarray:
+        # Bounded memory on big photos; the runtime tiles such frames at --tile 1024 anyway.
+        h, w = img.shape[:2]
+        y, x = max(0, (h - limit) // 2), max(0, (w - limit) // 2)
+        return img[y:y + limit, x:x + limit]
+
+    def frames():  # one at a time: only the current frame is in memory
+        for i in np.linspace(0, len(trainset) - 1, count).round().astype(int):
+            if sr:
+                hi = centre(trainset.high[i], 2 * side)
+                lo = D.degrade_for_sr(hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2], rng)
+            else:
+                lo = centre(trainset.low[i], side)
+            yield torch.from_numpy(pad_to_multiple(lo.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, multiple)[0])
+
     with torch.no_grad():
-        update_bn(frames, model)
+        update_bn(frames(), model)
 
 
 @contextlib.contextmanager
