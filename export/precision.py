@@ -137,8 +137,8 @@ def fp16_from_onnx(proto, block_nodes: Iterable[str] = (), block_ops: Iterable[s
             # their nodes are in ``keep``, so the converter leaves their initializers FP32.
             warnings.simplefilter("ignore")
             half = float16.convert_float_to_float16(
-                model, max_finite_val=FP16_WEIGHT_MAX, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(block_ops),
-                node_block_list=sorted(keep))
+                model, max_finite_val=FP16_WEIGHT_MAX, keep_io_types=True,
+                op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(block_ops), node_block_list=sorted(keep))
     except Exception as exc:
         raise DFNError(f"FP16 conversion failed ({str(exc).splitlines()[0][:300]})") from None
     return half, sorted(keep)

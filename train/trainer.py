@@ -26,7 +26,7 @@ from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.images import atomic_write_bytes
 from deepfusionnet.runtime.machine import has_native_bf16
 from deepfusionnet.runtime.metrics import psnr, ssim
-from deepfusionnet.runtime.processing import crop, pad_to_multiple, to_image
+from deepfusionnet.runtime.processing import crop, pad_to_multiple, to_image, to_tensor
 from deepfusionnet.train import data as D
 from deepfusionnet.train.losses import mse_ssim_loss
 from deepfusionnet.train.models import create_model, get_spec
@@ -147,6 +147,15 @@ def _atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def whole_frame(lo: np.ndarray, hi: np.ndarray, sr: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A pair as the model meets it in use: the SR model gets ``hi`` (cut to even sides) blurred and
+    downscaled 2x by ``rng``'s degradation; the enhancer gets ``lo`` as it is."""
+    if sr:
+        hi = hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2]
+        lo = D.degrade_for_sr(hi, rng)
+    return lo, hi
+
+
 def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scale: int = 1, sr: bool = False) -> dict:
     """Full-resolution PSNR/SSIM on uint8 outputs, with the runtime's padding (as `dfn eval` does)."""
     model.eval()
@@ -154,9 +163,7 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for lo, hi in zip(pairs.low, pairs.high):
-            if sr:
-                hi = hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2]
-                lo = D.degrade_for_sr(hi, rng)
+            lo, hi = whole_frame(lo, hi, sr, rng)
             x, size = pad_to_multiple(lo.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, multiple)
             y = crop(model(torch.from_numpy(x)).numpy(), size, scale)
             out = to_image(y)
@@ -195,7 +202,6 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
 
     count = min(BN_REFRESH_FRAMES, len(trainset))
     rng = np.random.default_rng([cfg.seed, 0x5EED])  # SR: one fixed degradation per frame
-    side = BN_REFRESH_MAX_SIDE
 
     def centre(img: np.ndarray, limit: int) -> np.ndarray:
         # Bounded memory on big photos; the runtime tiles such frames at --tile 1024 anyway.
@@ -205,12 +211,9 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
 
     def frames():  # one at a time: only the current frame is in memory
         for i in np.linspace(0, len(trainset) - 1, count).round().astype(int):
-            if sr:
-                hi = centre(trainset.high[i], 2 * side)
-                lo = D.degrade_for_sr(hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2], rng)
-            else:
-                lo = centre(trainset.low[i], side)
-            yield torch.from_numpy(pad_to_multiple(lo.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, multiple)[0])
+            limit = BN_REFRESH_MAX_SIDE * (2 if sr else 1)  # SR: the input is the high frame halved
+            lo, _ = whole_frame(centre(trainset.low[i], limit), centre(trainset.high[i], limit), sr, rng)
+            yield torch.from_numpy(pad_to_multiple(to_tensor(lo), multiple)[0])
 
     with torch.no_grad():
         update_bn(frames(), model)
