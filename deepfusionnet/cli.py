@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("deepfusionnet.commands.info", "parameters, MACs, IO names/shapes and hash of a model or artifact", "base"),
     "bench": ("deepfusionnet.commands.bench", "latency benchmark across backends, precisions and sizes", "base"),
     "train": ("deepfusionnet.commands.train", "train DeepFusionNet or its SR model (resumable, DDP-ready)", "train"),
+    "fit-exposure": ("deepfusionnet.commands.fit_exposure", "fit an enhancer's exposure calibration on its training frames", "train"),
     "export": ("deepfusionnet.commands.export", "export FP32/FP16/INT8 ONNX with a parity check", "export"),
     "parity": ("deepfusionnet.commands.parity", "compare two models/artifacts on a data set", "base"),
     "build": ("deepfusionnet.commands.build", "build a TensorRT engine from an ONNX graph", "trt"),

@@ -72,7 +72,7 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
     from deepfusionnet.export import onnx as onx
     from deepfusionnet.export import precision as prec
     from deepfusionnet.export.sidecar import set_metadata, sha256_bytes, tool_versions, write_sidecar
-    from deepfusionnet.runtime.artifacts import sidecar_path
+    from deepfusionnet.runtime.artifacts import resolve, sidecar_path
     from deepfusionnet.train.models.registry import get_spec
     from deepfusionnet.train.weights import file_sha256
 
@@ -86,6 +86,7 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
     t0 = time.perf_counter()
     net, name, weights = onx.load_source(source)
     spec = get_spec(name)
+    exposure = resolve(source, "weights").exposure  # travels with the graph (metadata and sidecar)
     if opts.size is not None:
         w, h = opts.size
         if w % spec.multiple or h % spec.multiple or w <= 0 or h <= 0:
@@ -122,12 +123,14 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
                                "op_types": ["Conv"], "excluded_nodes": excluded}
     if opts.size is not None:
         graph = onx.fix_input_size(graph, *opts.size)
-    set_metadata(graph, name, spec.scale, spec.multiple, opts.precision)
+    set_metadata(graph, name, spec.scale, spec.multiple, opts.precision,
+                 exposure.to_json() if exposure is not None else None)
     onx.check(graph, str(out))
     sidecar_path(out).unlink(missing_ok=True)  # a stale sidecar would describe another graph
     data = onx.save(graph, out)
     info = {
         "model": name, "scale": spec.scale, "multiple": spec.multiple, "precision": opts.precision,
+        **({"exposure": asdict(exposure)} if exposure is not None else {}),
         "format": "onnx", "opset": opts.opset, "exporter": opts.exporter, "simplified": opts.simplify,
         "dynamic": opts.size is None, "size": list(opts.size) if opts.size else None,
         **onx.io_info(graph),

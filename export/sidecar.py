@@ -19,10 +19,15 @@ from deepfusionnet.runtime.images import atomic_write_bytes
 SCHEMA = 1
 
 
-def set_metadata(proto, model: str, scale: int, multiple: int, precision: str) -> None:
-    """Write the ``dfn.*`` keys into ``proto.metadata_props`` (replacing earlier values)."""
+def set_metadata(proto, model: str, scale: int, multiple: int, precision: str, exposure: str | None = None) -> None:
+    """Write the ``dfn.*`` keys into ``proto.metadata_props`` (replacing earlier values).
+
+    ``exposure``: the weights' exposure calibration as JSON (:mod:`deepfusionnet.runtime.exposure`).
+    """
     values = {"dfn.model": model, "dfn.scale": str(scale), "dfn.multiple": str(multiple), "dfn.precision": precision}
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
+    if exposure:
+        values["dfn.exposure"] = exposure
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in values and p.key != "dfn.exposure"]
     del proto.metadata_props[:]
     for k, v in keep + list(values.items()):
         entry = proto.metadata_props.add()

@@ -339,6 +339,7 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
         "model": artifact.model,
         "scale": artifact.scale,
         "multiple": artifact.multiple,
+        **({"exposure": asdict(artifact.exposure)} if artifact.exposure is not None else {}),
         "precision": "fp16" if options.fp16_flag else precision,
         "tensorrt": str(trt.__version__),
         "gpu": _device_info(cuda),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepfusionnet.errors import DFNError
+from deepfusionnet.runtime.exposure import Exposure, parse_exposure
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -35,6 +36,7 @@ class Artifact:
     multiple: int = 8
     precision: str = "fp32"
     sidecar: dict = field(default_factory=dict, compare=False, repr=False)
+    exposure: Exposure | None = None  # applied to the whole output by the Enhancer
 
 
 def file_sha256(path: str | Path) -> str:
@@ -79,6 +81,17 @@ def _onnx_metadata(path: Path) -> dict:
         return {}
 
 
+def _safetensors_metadata(path: Path) -> dict:
+    """The metadata of a safetensors file; empty when unreadable (the loader reports that properly)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
 def resolve(model: str | Path, kind: str | None = None) -> Artifact:
     """Resolve a model argument to an :class:`Artifact`.
 
@@ -91,7 +104,9 @@ def resolve(model: str | Path, kind: str | None = None) -> Artifact:
         path = shipped_path(text, kind)
         if not path.is_file():
             raise DFNError(f"shipped model {text!r} has no {kind} file at {path}; reinstall deepfusionnet")
-        return Artifact(path, kind, text, scale, multiple, "fp32", read_sidecar(path))
+        meta = read_sidecar(path) if kind != "weights" else _safetensors_metadata(path)
+        return Artifact(path, kind, text, scale, multiple, "fp32", meta,
+                        parse_exposure(meta.get("exposure"), str(path)))
     path = Path(text)
     if not path.exists():
         known = ", ".join(SHIPPED)
@@ -105,15 +120,10 @@ def resolve(model: str | Path, kind: str | None = None) -> Artifact:
     if akind == "onnx" and not meta:
         props = _onnx_metadata(path)
         meta = {k.removeprefix("dfn."): v for k, v in props.items() if k.startswith("dfn.")}
+    if akind == "weights" and path.suffix == ".safetensors":
+        meta = {**_safetensors_metadata(path), **meta}
     name = str(meta.get("model", "deepfusionnet"))
-    if akind == "weights" and "model" not in meta and path.suffix == ".safetensors":
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                name = (f.metadata() or {}).get("model", name)
-        except Exception:
-            pass  # the loader reports a corrupt file with a proper message
     scale = int(meta.get("scale", SHIPPED.get(name, (1, 8, ""))[0]))
     multiple = int(meta.get("multiple", SHIPPED.get(name, (1, 8, ""))[1]))
-    return Artifact(path, akind, name, scale, multiple, str(meta.get("precision", "fp32")), meta)
+    return Artifact(path, akind, name, scale, multiple, str(meta.get("precision", "fp32")), meta,
+                    parse_exposure(meta.get("exposure"), str(path)))

@@ -30,7 +30,13 @@ class Enhancer:
         return self.artifact.scale
 
     def run_tensor(self, x: np.ndarray) -> np.ndarray:
-        """float32 NCHW in [0, 1] (any H, W) -> float32 NCHW, ``scale`` x larger."""
+        """float32 NCHW in [0, 1] (any H, W) -> float32 NCHW, ``scale`` x larger, exposure-calibrated
+        over the whole frame when the model carries a calibration."""
+        y = self.run_network(x)
+        return self.artifact.exposure.apply(y) if self.artifact.exposure is not None else y
+
+    def run_network(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`run_tensor` without the exposure calibration: the network's output, tiled as needed."""
         name_in = self.backend.inputs[0].name
         name_out = self.backend.outputs[0].name
         dtype = np.dtype(self.backend.inputs[0].dtype) if self.backend.inputs[0].dtype in ("float32", "float16") else np.float32

@@ -117,6 +117,19 @@ def test_sidecar_and_pure_plan(tmp_path, world, cuda):
     assert side["build"]["cli_args"] == ["--shape", "320x240", "--workspace", "512"]
     assert ("set_memory_pool_limit", "WORKSPACE", 512 << 20) in world.calls
     assert res["engine_bytes"] == len(plan)
+    assert "exposure" not in side
+
+
+def test_engine_sidecar_carries_the_exposure_calibration(tmp_path, world, cuda):
+    from deepfusionnet.runtime.artifacts import resolve
+    from deepfusionnet.runtime.exposure import Exposure
+
+    cal = Exposure(slope=-0.3, centre=-0.85, offset=0.01)
+    onnx = make_onnx(tmp_path / "cal.onnx", exposure=cal.to_json())
+    build(tmp_path, world, cuda, onnx=onnx)
+    side = json.loads((tmp_path / "m.engine.json").read_text())
+    assert side["exposure"] == {"slope": -0.3, "centre": -0.85, "offset": 0.01}
+    assert resolve(tmp_path / "m.engine").exposure == cal  # so the TensorRT path applies the same gain
 
 
 def test_progress_monitor_reports_and_ctrl_c_cancels(tmp_path, world, cuda):

@@ -69,13 +69,16 @@ def open_model(model: str, backend: str = "auto", tile: int = 1024):
         b = get_baseline(model)
         return b, {"model": b.name, "artifact": None, "backend": "numpy", "precision": "fp32",
                    "description": b.description}
+    from dataclasses import asdict
+
     from deepfusionnet.runtime.enhancer import open_enhancer
 
     name, target, options = _choose(model, backend)
     enh = open_enhancer(target, name, tile=tile, **options)
     a = enh.artifact
     return enh, {"model": a.model, "artifact": str(a.path), "backend": enh.backend.name,
-                 "precision": a.precision, "backend_options": options}
+                 "precision": a.precision, "backend_options": options,
+                 "exposure": asdict(a.exposure) if a.exposure is not None else None}
 
 
 def run(args: argparse.Namespace) -> int:

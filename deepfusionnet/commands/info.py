@@ -114,6 +114,8 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
         "params": None, "params_source": None, "macs": None, "gmacs": None, "macs_note": None,
         "inputs": [], "outputs": [], "sha256": file_sha256(art.path),
         "file_bytes": Path(art.path).stat().st_size,
+        "exposure": None if art.exposure is None else
+        {"slope": art.exposure.slope, "centre": art.exposure.centre, "offset": art.exposure.offset},
     }
     if (ph, pw) != (height, width):
         rec["padded_size"] = [pw, ph]
@@ -185,6 +187,10 @@ def _table(rec: dict) -> str:
         ("sha256", rec["sha256"]),
         ("file size", f"{rec['file_bytes'] / 1e6:.2f} MB"),
     ]
+    if rec.get("exposure"):
+        e = rec["exposure"]
+        rows.append(("exposure", f"calibrated: slope {e['slope']:+.4f}, centre {e['centre']:.4f}, "
+                                 f"offset {e['offset']:+.4f}"))
     if rec.get("engine_check"):
         rows.append(("engine check", rec["engine_check"]))
     if rec.get("note"):

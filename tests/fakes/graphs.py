@@ -10,7 +10,7 @@ import numpy as np
 
 
 def make_onnx(path: Path, scale: int = 1, precision: str = "fp32", h: int | str = "H", w: int | str = "W",
-              model: str = "deepfusionnet", multiple: int = 8) -> Path:
+              model: str = "deepfusionnet", multiple: int = 8, exposure: str | None = None) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -35,5 +35,7 @@ def make_onnx(path: Path, scale: int = 1, precision: str = "fp32", h: int | str 
     m.ir_version = 8
     for k, v in {"dfn.model": model, "dfn.scale": scale, "dfn.multiple": multiple, "dfn.precision": precision}.items():
         m.metadata_props.add(key=k, value=str(v))
+    if exposure:
+        m.metadata_props.add(key="dfn.exposure", value=exposure)
     onnx.save(m, str(path))
     return path
