@@ -19,7 +19,8 @@ from deepfusionnet.runtime.images import atomic_write_bytes
 SCHEMA = 1
 
 
-def set_metadata(proto, model: str, scale: int, multiple: int, precision: str, exposure: str | None = None) -> None:
+def set_metadata(proto, model: str, scale: int, multiple: int, precision: str,
+                 exposure: str | None = None) -> None:
     """Write the ``dfn.*`` keys into ``proto.metadata_props`` (replacing earlier values).
 
     ``exposure``: the weights' exposure calibration as JSON (:mod:`deepfusionnet.runtime.exposure`).

@@ -72,7 +72,8 @@ class LocalGain:
 
 def test_enhancer_calibrates_the_whole_stitched_frame_once(tmp_path):
     rng = np.random.default_rng(0)
-    x = np.clip(rng.random((1, 3, 96, 160), dtype=np.float32) * np.linspace(0.02, 0.3, 160, dtype=np.float32), 0, 1)
+    ramp = np.linspace(0.02, 0.3, 160, dtype=np.float32)
+    x = np.clip(rng.random((1, 3, 96, 160), dtype=np.float32) * ramp, 0, 1)
     art = Artifact(tmp_path / "m.onnx", "onnx", "deepfusionnet", exposure=SHRINK)
     tiled = Enhancer(LocalGain(), art, tile=64, overlap=8)
     whole = Enhancer(LocalGain(), art, tile=1024)
@@ -163,6 +164,11 @@ def test_fit_exposure_command_writes_new_weights_and_keeps_the_input(lol_train, 
 
     a, b = load_state(out), load_state(shipped.path)
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)  # same weights, new metadata
+    code = main(["fit-exposure", "deepfusionnet", "--data", str(data), "--val-count", "6",
+                 "-o", str(tmp_path / "b.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 1 and "training pairs left after holding out" in err and str(data) in err
+    assert not (tmp_path / "b.safetensors").exists()
     code = main(["fit-exposure", str(out), "--data", str(data), "-o", str(out)])
     err = capsys.readouterr().err
     assert code == 1 and "is the input weights file" in err and len(err.strip().splitlines()) == 1
@@ -186,4 +192,5 @@ def test_export_carries_the_weights_calibration_into_graph_and_sidecar(tmp_path)
     assert resolve(out).exposure == SHRINK  # a bare graph keeps it too
     plain = tmp_path / "plain.onnx"
     export_model("deepfusionnet-sr", plain, ExportOptions(check=False, simplify=False))
-    assert resolve(plain).exposure is None and "dfn.exposure" not in {p.key for p in onnx.load(str(plain)).metadata_props}
+    assert resolve(plain).exposure is None
+    assert "dfn.exposure" not in {p.key for p in onnx.load(str(plain)).metadata_props}

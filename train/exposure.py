@@ -33,7 +33,8 @@ def fit_from_samples(levels: np.ndarray, ratios: np.ndarray) -> Exposure:
     return Exposure(slope=slope, centre=centre, offset=float(ratios.mean()))
 
 
-def fit_exposure(run_network: Callable[[np.ndarray], np.ndarray], pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+def fit_exposure(run_network: Callable[[np.ndarray], np.ndarray],
+                 pairs: Iterable[tuple[np.ndarray, np.ndarray]],
                  progress: Callable[[int], None] = lambda i: None) -> Exposure:
     """Fit on uint8 ``(low, high)`` pairs; ``run_network``: float NCHW -> the network's raw NCHW output."""
     levels, ratios = [], []

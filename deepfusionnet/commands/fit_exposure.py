@@ -20,8 +20,10 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="enhancer weights (.safetensors) or a shipped model name")
-    p.add_argument("--data", required=True, help="the pairs it trained on: low/ + high/, LOL-v1 or LOL-v2 layout")
-    p.add_argument("--val-count", type=int, default=12, help="pairs held out in training (as dfn train; default 12)")
+    p.add_argument("--data", required=True,
+                   help="the pairs it trained on: low/ + high/, LOL-v1 or LOL-v2 layout")
+    p.add_argument("--val-count", type=int, default=12,
+                   help="pairs held out in training (as dfn train; default 12)")
     p.add_argument("--seed", type=int, default=0, help="the training run's --seed (default 0)")
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--threads", type=int, default=0)
@@ -54,10 +56,19 @@ def run(args: argparse.Namespace) -> int:
     enh = open_enhancer(str(source.path), "torch", **options)
     pairs = D.load_pairs(args.data)
     train_idx, val_idx = D.split_validation(pairs, args.val_count, args.seed)
+    if len(train_idx) < 8:
+        raise DFNError(f"{args.data}: {len(train_idx)} training pairs left after holding out {len(val_idx)}; "
+                       "the exposure calibration needs at least 8")
     say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     say(f"fitting the exposure calibration on {len(train_idx)} training frames of {args.data}")
     try:
-        exposure = fit_exposure(enh.run_network, ((pairs.low[i], pairs.high[i]) for i in train_idx))
+        n = len(train_idx)
+
+        def progress(i: int) -> None:
+            if i % 25 == 0 or i == n:
+                say(f"  {i}/{n} frames")
+
+        exposure = fit_exposure(enh.run_network, ((pairs.low[i], pairs.high[i]) for i in train_idx), progress)
         held_out = score(enh.run_network, ((pairs.low[i], pairs.high[i]) for i in val_idx), exposure)
     finally:
         enh.close()
@@ -72,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(result)
     else:
-        print(f"exposure: slope {exposure.slope:+.4f}, centre {exposure.centre:.4f}, offset {exposure.offset:+.4f}")
+        print(f"exposure: slope {exposure.slope:+.4f}, centre {exposure.centre:.4f}, "
+              f"offset {exposure.offset:+.4f}")
         if held_out:
             h = held_out
             print(f"held-out {h['images']} pairs: PSNR {h['psnr']:.3f} -> {h['psnr_calibrated']:.3f} dB, "
