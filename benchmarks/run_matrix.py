@@ -84,6 +84,7 @@ def export_with_module(name: str, prec: str, out: Path) -> None:
     from deepfusionnet.runtime.artifacts import SHIPPED
 
     net, model_name, src = dfn_onnx.load_source(name)
+    exposure = src.exposure.to_json() if src.exposure is not None else None
     proto = dfn_onnx.onnx_from_torch(net)
     scale, multiple, _ = SHIPPED[model_name]
     if prec == "fp16":
@@ -94,11 +95,11 @@ def export_with_module(name: str, prec: str, out: Path) -> None:
         proto, kept = dfn_precision.int8_from_onnx(proto, reader)[:2]
     else:
         kept = []
-    set_metadata(proto, model_name, scale, multiple, prec)
+    set_metadata(proto, model_name, scale, multiple, prec, exposure)
     dfn_onnx.save(proto, out)
     from deepfusionnet.runtime.auto import file_sha256
 
-    write_sidecar(out, {"source_weights_sha256": file_sha256(src), "model": model_name, "scale": scale, "multiple": multiple, "precision": prec,
+    write_sidecar(out, {"source_weights_sha256": file_sha256(src.path), "model": model_name, "scale": scale, "multiple": multiple, "precision": prec,
                         "kept_float": kept, "parity": {"passed": None, "note": "benchmarks/run_matrix.py fallback "
                                                        "export; not parity-checked"}})
 

@@ -17,7 +17,7 @@ INPUT, OUTPUT = "input", "output"
 
 
 def load_source(model: str | Path):
-    """A shipped model name or a weights file -> ``(nn.Module in eval mode, model name, weights path)``."""
+    """A shipped model name or a weights file -> ``(nn.Module in eval mode, model name, weights Artifact)``."""
     from deepfusionnet.runtime.artifacts import resolve
     from deepfusionnet.train.weights import load_model
 
@@ -26,7 +26,7 @@ def load_source(model: str | Path):
         raise DFNError(f"{model}: export needs PyTorch weights (.safetensors/.pt) or a shipped model name, "
                        f"not a {artifact.kind} file")
     net, name = load_model(artifact.path)
-    return net, name, artifact.path
+    return net, name, artifact
 
 
 def onnx_from_torch(model, opset: int = DEFAULT_OPSET, exporter: str = "legacy", sample_hw: tuple[int, int] = (64, 64)):

@@ -72,7 +72,7 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
     from deepfusionnet.export import onnx as onx
     from deepfusionnet.export import precision as prec
     from deepfusionnet.export.sidecar import set_metadata, sha256_bytes, tool_versions, write_sidecar
-    from deepfusionnet.runtime.artifacts import resolve, sidecar_path
+    from deepfusionnet.runtime.artifacts import sidecar_path
     from deepfusionnet.train.models.registry import get_spec
     from deepfusionnet.train.weights import file_sha256
 
@@ -84,9 +84,10 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
     if out.is_dir():
         raise DFNError(f"{out}: is a folder; name the .onnx file to write")
     t0 = time.perf_counter()
-    net, name, weights = onx.load_source(source)
+    net, name, source_artifact = onx.load_source(source)
+    weights = source_artifact.path
+    exposure = source_artifact.exposure  # travels with the graph (metadata and sidecar)
     spec = get_spec(name)
-    exposure = resolve(source, "weights").exposure  # travels with the graph (metadata and sidecar)
     if opts.size is not None:
         w, h = opts.size
         if w % spec.multiple or h % spec.multiple or w <= 0 or h <= 0:

@@ -25,6 +25,11 @@ from deepfusionnet.errors import DFNError
 EPS = 1e-4
 
 
+def log_brightness(y: np.ndarray) -> np.ndarray:
+    """``log(mean(clip(y, 0, 1)) + EPS)`` of each frame of NCHW ``y``, shape ``(N, 1, 1, 1)``."""
+    return np.log(np.clip(y, 0.0, 1.0).mean(axis=(1, 2, 3), keepdims=True, dtype=np.float64) + EPS)
+
+
 @dataclass(frozen=True)
 class Exposure:
     slope: float  # d log(gain) / d log(mean output); negative pulls toward the centre
@@ -33,8 +38,7 @@ class Exposure:
 
     def gain(self, y: np.ndarray) -> np.ndarray:
         """Per-frame gain for NCHW ``y``, shape ``(N, 1, 1, 1)``."""
-        mean = np.clip(y, 0.0, 1.0).mean(axis=(1, 2, 3), keepdims=True, dtype=np.float64)
-        return np.exp(self.offset + self.slope * (np.log(mean + EPS) - self.centre)).astype(np.float32)
+        return np.exp(self.offset + self.slope * (log_brightness(y) - self.centre)).astype(np.float32)
 
     def apply(self, y: np.ndarray) -> np.ndarray:
         """``y`` (float NCHW, a model's output) scaled by its frame's gain."""

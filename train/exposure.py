@@ -12,14 +12,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.exposure import EPS, Exposure
+from deepfusionnet.runtime.exposure import EPS, Exposure, log_brightness
 from deepfusionnet.runtime.metrics import psnr, ssim
 from deepfusionnet.runtime.processing import to_image, to_tensor
-
-
-def log_brightness(y: np.ndarray) -> float:
-    """log(mean(clip(y, 0, 1)) + EPS) of one output frame, as :meth:`Exposure.gain` computes it."""
-    return float(np.log(np.clip(y, 0.0, 1.0).mean(dtype=np.float64) + EPS))
 
 
 def fit_from_samples(levels: np.ndarray, ratios: np.ndarray) -> Exposure:
@@ -39,7 +34,7 @@ def fit_exposure(run_network: Callable[[np.ndarray], np.ndarray],
     """Fit on uint8 ``(low, high)`` pairs; ``run_network``: float NCHW -> the network's raw NCHW output."""
     levels, ratios = [], []
     for i, (lo, hi) in enumerate(pairs):
-        level = log_brightness(run_network(to_tensor(lo)))
+        level = float(log_brightness(run_network(to_tensor(lo)))[0, 0, 0, 0])
         levels.append(level)
         ratios.append(np.log(hi.mean(dtype=np.float64) / 255.0 + EPS) - level)
         progress(i + 1)

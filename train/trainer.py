@@ -209,9 +209,10 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
         y, x = max(0, (h - limit) // 2), max(0, (w - limit) // 2)
         return img[y:y + limit, x:x + limit]
 
+    limit = BN_REFRESH_MAX_SIDE * (2 if sr else 1)  # SR: the input is the high frame halved
+
     def frames():  # one at a time: only the current frame is in memory
         for i in np.linspace(0, len(trainset) - 1, count).round().astype(int):
-            limit = BN_REFRESH_MAX_SIDE * (2 if sr else 1)  # SR: the input is the high frame halved
             lo, _ = whole_frame(centre(trainset.low[i], limit), centre(trainset.high[i], limit), sr, rng)
             yield torch.from_numpy(pad_to_multiple(to_tensor(lo), multiple)[0])
 

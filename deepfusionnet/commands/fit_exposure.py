@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from deepfusionnet.runtime.enhancer import open_enhancer
     from deepfusionnet.train import data as D
     from deepfusionnet.train.exposure import fit_exposure, score
-    from deepfusionnet.train.weights import load_model, read_metadata, save_weights
+    from deepfusionnet.train.weights import read_metadata, save_weights
 
     out = Path(args.output)
     if out.suffix != ".safetensors":
@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
         exposure = fit_exposure(enh.run_network, ((pairs.low[i], pairs.high[i]) for i in train_idx), progress)
         held_out = score(enh.run_network, ((pairs.low[i], pairs.high[i]) for i in val_idx), exposure)
+        model, name = enh.backend.model, enh.backend.model_name  # the torch backend's own module
     finally:
         enh.close()
-    model, name = load_model(source.path)
     meta = {k: v for k, v in read_metadata(source.path).items() if k != "model"} \
         if source.path.suffix == ".safetensors" else {}
     save_weights(model, name, out, {**meta, "exposure": exposure.to_json(),

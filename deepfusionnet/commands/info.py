@@ -84,6 +84,7 @@ def _available(module: str) -> bool:
 
 def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
     """The ``dfn info`` record for ``model`` at input size ``width`` x ``height``."""
+    from dataclasses import asdict
     from pathlib import Path
 
     from deepfusionnet.errors import DFNError
@@ -114,8 +115,7 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
         "params": None, "params_source": None, "macs": None, "gmacs": None, "macs_note": None,
         "inputs": [], "outputs": [], "sha256": file_sha256(art.path),
         "file_bytes": Path(art.path).stat().st_size,
-        "exposure": None if art.exposure is None else
-        {"slope": art.exposure.slope, "centre": art.exposure.centre, "offset": art.exposure.offset},
+        "exposure": None if art.exposure is None else asdict(art.exposure),
     }
     if (ph, pw) != (height, width):
         rec["padded_size"] = [pw, ph]
