@@ -164,7 +164,7 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
     with torch.no_grad():
         for lo, hi in zip(pairs.low, pairs.high):
             lo, hi = whole_frame(lo, hi, sr, rng)
-            x, size = pad_to_multiple(lo.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, multiple)
+            x, size = pad_to_multiple(to_tensor(lo), multiple)
             y = crop(model(torch.from_numpy(x)).numpy(), size, scale)
             out = to_image(y)
             ps.append(psnr(out, hi))
