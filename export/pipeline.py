@@ -24,6 +24,9 @@ class ExportOptions:
     calib_method: str = "percentile"
     calib_count: int = 32
     calib_size: tuple[int, int] = (320, 240)
+    # INT8 node selection on top of the defaults: node-name substrings, e.g. "/dec2/"
+    keep_float: tuple[str, ...] = ()
+    quantize: tuple[str, ...] = ()
     # parity against PyTorch after export
     check: bool = True
     check_data: Path | None = None
@@ -35,6 +38,8 @@ class ExportOptions:
             raise DFNError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.opset < 17:
             raise DFNError(f"opset {self.opset} is too old; use 17 or newer")
+        if (self.keep_float or self.quantize) and self.precision != "int8":
+            raise DFNError("--keep-float and --quantize choose INT8 nodes; use them with --precision int8")
 
 
 @dataclass
@@ -113,10 +118,12 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
                         "peaks_measured_on": [str(p) for p in frames]}
         progress(f"FP16: {len(kept)} nodes kept in FP32; largest FP32 activation {info['fp16']['peak_activation']:.1f}")
     else:
+        exclude = prec.int8_exclusions(base.graph, opts.keep_float, opts.quantize)
         frames = prec.calibration_images(calib_dir, opts.calib_count)
-        progress(f"INT8: calibrating ({opts.calib_method}) on {len(frames)} frames from {calib_dir} at {cw}x{ch}")
+        progress(f"INT8: {len(exclude)} nodes kept float; calibrating ({opts.calib_method}) on "
+                 f"{len(frames)} frames from {calib_dir} at {cw}x{ch}")
         reader = prec.calibration_reader(frames, onx.INPUT, cw, ch, spec.multiple)
-        graph, excluded, used = prec.int8_from_onnx(base, reader, opts.calib_method)
+        graph, excluded, used = prec.int8_from_onnx(base, reader, opts.calib_method, exclude=exclude)
         if used != opts.calib_method:
             progress(f"INT8: calibrated with {used}")
         info["calibration"] = {"method": used, "dir": str(calib_dir), "count": len(frames),

@@ -181,11 +181,13 @@ def test_fp16_keeps_batchnorm_with_large_statistics_exact():
     np.testing.assert_allclose(out, ref, atol=2e-3)
 
 
-def test_int8_keeps_every_full_resolution_conv_float():
-    """Encoder and decoder convs at the input's resolution stay float; pooled ones are quantized."""
+def test_int8_keeps_full_resolution_and_bottleneck_decoder_convs_float():
+    """Encoder and decoder convs at the input's resolution stay float, and so does the decoder stage that
+    reads the upsampled bottleneck; the other pooled convs are quantized."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from deepfusionnet.export.precision import default_int8_exclusions, full_resolution_convs
+    from deepfusionnet.export.precision import (bottleneck_decoder_convs, default_int8_exclusions,
+                                                full_resolution_convs)
 
     w = lambda name, cin: numpy_helper.from_array(np.ones((4, cin, 3, 3), np.float32), name)
     nodes = [
@@ -194,7 +196,8 @@ def test_int8_keeps_every_full_resolution_conv_float():
         helper.make_node("Conv", ["p", "w1"], ["b"], name="enc_half", pads=[1] * 4),
         helper.make_node("Conv", ["b", "w1"], ["c"], name="enc_quarter", pads=[1] * 4, strides=[2, 2]),
         helper.make_node("Resize", ["c", "", "s"], ["u1"], name="up1", mode="nearest"),
-        helper.make_node("Resize", ["u1", "", "s"], ["u"], name="up2", mode="nearest"),
+        helper.make_node("Conv", ["u1", "w1"], ["d1"], name="dec_first", pads=[1] * 4),
+        helper.make_node("Resize", ["d1", "", "s"], ["u"], name="up2", mode="nearest"),
         helper.make_node("Concat", ["u", "a"], ["cat"], name="cat", axis=1),
         helper.make_node("Conv", ["cat", "w2"], ["d"], name="dec_full", pads=[1] * 4),
         helper.make_node("Conv", ["d", "w1"], ["e"], name="last", pads=[1] * 4),
@@ -205,8 +208,18 @@ def test_int8_keeps_every_full_resolution_conv_float():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
     assert full_resolution_convs(graph) == ["enc_full", "dec_full", "last"]
     excluded = default_int8_exclusions(graph)
+    assert bottleneck_decoder_convs(graph) == ["dec_first"]
     assert "enc_half" not in excluded and "enc_quarter" not in excluded
-    assert {"enc_full", "dec_full", "last", "sig"} <= set(excluded)
+    assert {"enc_full", "dec_first", "dec_full", "last", "sig"} <= set(excluded)
+
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.export.precision import int8_exclusions
+
+    assert int8_exclusions(graph) == sorted(excluded)
+    chosen = int8_exclusions(graph, keep_float=("enc_half",), quantize=("dec_first",))
+    assert "enc_half" in chosen and "dec_first" not in chosen and "enc_quarter" not in chosen
+    with pytest.raises(DFNError, match="'dec9' matches no convolution"):
+        int8_exclusions(graph, keep_float=("dec9",))
 
 
 def test_int8_calibrates_in_chunks_with_the_same_ranges():
@@ -372,3 +385,5 @@ def test_cli_export_writes_graph_sidecar_and_checks(tmp_path, samples, capsys):
     assert "PASS" in captured.err
     assert main(["export", "deepfusionnet-sr", "-o", str(out), "--size", "63x48", "--no-check"]) == 1
     assert "multiples of 8" in capsys.readouterr().err
+    assert main(["export", "deepfusionnet-sr", "-o", str(out), "--keep-float", "/dec2/", "--no-check"]) == 1
+    assert "use them with --precision int8" in capsys.readouterr().err

@@ -51,6 +51,9 @@ class TrainConfig:
     val_count: int = 12
     val_every: int = 1
     seed: int = 0
+    # Seed of the held-out split alone (None = --seed): runs that differ in --seed (data order, crops,
+    # init) can then be compared, and their weights averaged, on the same validation pairs.
+    val_seed: int | None = None
     checkpoint_minutes: float = 5.0
     init: str | None = None  # start from these weights (e.g. the shipped ones)
     synthetic_prob: float = 0.0
@@ -91,6 +94,11 @@ class TrainConfig:
 
 # Options that may change between a run and its resumption without changing what is learned.
 _RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out"}  # "out": a run folder may be moved
+
+
+def validation_split(pairs: D.PairSet, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """(training, held-out) indices of ``pairs`` for ``cfg``: ``val_seed`` when given, else ``seed``."""
+    return D.split_validation(pairs, cfg.val_count, cfg.seed if cfg.val_seed is None else cfg.val_seed)
 
 
 def _dist() -> tuple[int, int]:
@@ -259,7 +267,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     sr = spec.scale == 2
 
     pairs = D.load_pairs(cfg.data)
-    train_idx, val_idx = D.split_validation(pairs, cfg.val_count, cfg.seed)
+    train_idx, val_idx = validation_split(pairs, cfg)
     if len(train_idx) == 0:
         raise DFNError(f"{cfg.data}: no training pairs left after holding out {cfg.val_count} for validation")
     val = pairs.subset(val_idx)

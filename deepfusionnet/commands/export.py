@@ -44,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="percentile")
     g.add_argument("--calib-count", type=int, default=32, metavar="N", help="frames to calibrate on (default 32)")
     g.add_argument("--calib-size", type=_size, default=(320, 240), metavar="WxH", help="calibration size (default 320x240)")
+    g.add_argument("--keep-float", action="append", default=[], metavar="PATTERN",
+                   help="also keep float the convs whose node name contains PATTERN, "
+                        "e.g. /dec2/ (repeatable)")
+    g.add_argument("--quantize", action="append", default=[], metavar="PATTERN",
+                   help="quantize nodes the defaults keep float, e.g. /dec1/ for speed (repeatable; "
+                        "the parity check still guards the result)")
     c = p.add_argument_group("parity check against PyTorch")
     c.add_argument("--no-check", action="store_true", help="skip the parity check")
     c.add_argument("--check-data", metavar="DIR", help="images or low/high pairs (default: LOL-v1 eval15 beside "
@@ -68,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, size=None if args.dynamic else args.size, opset=args.opset,
         exporter=args.exporter, simplify=not args.no_simplify,
         calib_dir=Path(args.calib) if args.calib else None, calib_method=args.calib_method,
-        calib_count=args.calib_count, calib_size=args.calib_size, check=not args.no_check,
+        calib_count=args.calib_count, calib_size=args.calib_size, keep_float=tuple(args.keep_float),
+        quantize=tuple(args.quantize), check=not args.no_check,
         check_data=Path(args.check_data) if args.check_data else None, check_images=args.check_images,
         threads=args.threads)
     result = export_model(args.model, args.output, opts, progress=say)

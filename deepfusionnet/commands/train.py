@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bf16", dest="bf16", action="store_const", const="off", help="same as --bf16 off")
     p.add_argument("--val-count", type=int, default=12, help="training pairs held out for validation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-seed", type=int, default=None,
+                   help="seed of the held-out split alone (default: --seed); keeps validation "
+                        "fixed across seeds")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--init", default=None, help="start from these weights (e.g. the shipped model)")
     p.add_argument("--synthetic-prob", type=float, default=0.0, help="share of samples darkened synthetically")
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out or f"runs/{args.model}", model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
         ssim_weight=args.ssim_weight, bf16=args.bf16, val_count=args.val_count, seed=args.seed,
+        val_seed=args.val_seed,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn)
     result = train(cfg, resume=args.resume)
