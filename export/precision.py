@@ -331,10 +331,9 @@ def bottleneck_decoder_convs(graph) -> list[str]:
     """Convolutions between the first and second upsampling: the decoder stage that reads the upsampled
     bottleneck concatenated with a skip (DeepFusionNet: dec1, about 28% of the MACs).
 
-    Its input concatenates the upsampled bottleneck output with a skip: in a stage-10 candidate the
-    largest channel peaks at 139 while the median one stays near 5, so one per-tensor INT8 scale (the
-    only kind TensorRT takes for activations) gives the median channel 4-5 levels; its second conv reads
-    peaks of 2700. The error there moves the whole frame's exposure.
+    In a stage-10 candidate that input's largest channel peaks at 139 while the median one stays near 5,
+    so one per-tensor INT8 scale (the only kind TensorRT takes for activations) gives the median channel
+    4-5 levels; its second conv reads peaks of 2700. The error there moves the whole frame's exposure.
     """
     out, seen = [], 0
     for node in graph.node:  # ONNX nodes are topologically sorted; exporters keep forward order

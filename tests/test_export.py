@@ -186,8 +186,9 @@ def test_int8_keeps_full_resolution_and_bottleneck_decoder_convs_float():
     reads the upsampled bottleneck; the other pooled convs are quantized."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from deepfusionnet.errors import DFNError
     from deepfusionnet.export.precision import (bottleneck_decoder_convs, default_int8_exclusions,
-                                                full_resolution_convs)
+                                                full_resolution_convs, int8_exclusions)
 
     w = lambda name, cin: numpy_helper.from_array(np.ones((4, cin, 3, 3), np.float32), name)
     nodes = [
@@ -211,10 +212,6 @@ def test_int8_keeps_full_resolution_and_bottleneck_decoder_convs_float():
     assert bottleneck_decoder_convs(graph) == ["dec_first"]
     assert "enc_half" not in excluded and "enc_quarter" not in excluded
     assert {"enc_full", "dec_first", "dec_full", "last", "sig"} <= set(excluded)
-
-    from deepfusionnet.errors import DFNError
-    from deepfusionnet.export.precision import int8_exclusions
-
     assert int8_exclusions(graph) == sorted(excluded)
     chosen = int8_exclusions(graph, keep_float=("enc_half",), quantize=("dec_first",))
     assert "enc_half" in chosen and "dec_first" not in chosen and "enc_quarter" not in chosen

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the pairs it trained on: low/ + high/, LOL-v1 or LOL-v2 layout")
     p.add_argument("--val-count", type=int, default=12,
                    help="pairs held out in training (as dfn train; default 12)")
-    p.add_argument("--seed", type=int, default=0, help="the training run's --seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="the training run's split seed: its --val-seed, else its --seed (default 0)")
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--threads", type=int, default=0)
 
