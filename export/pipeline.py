@@ -27,6 +27,10 @@ class ExportOptions:
     # INT8 node selection on top of the defaults: node-name substrings, e.g. "/dec2/"
     keep_float: tuple[str, ...] = ()
     quantize: tuple[str, ...] = ()
+    # accuracy-driven fallback (export/int8_fallback.py): keep stages float until the worst of
+    # fallback_frames other frames from calib_dir is within fallback_db of FP32; 0 = off
+    fallback_db: float = 35.0
+    fallback_frames: int = 16
     # parity against PyTorch after export
     check: bool = True
     check_data: Path | None = None
@@ -40,6 +44,8 @@ class ExportOptions:
             raise DFNError(f"opset {self.opset} is too old; use 17 or newer")
         if (self.keep_float or self.quantize) and self.precision != "int8":
             raise DFNError("--keep-float and --quantize choose INT8 nodes; use them with --precision int8")
+        if self.fallback_db < 0 or self.fallback_frames < 0:
+            raise DFNError("--fallback-db and --fallback-frames must be 0 (off) or positive")
 
 
 @dataclass
@@ -76,6 +82,7 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
 
     from deepfusionnet.export import onnx as onx
     from deepfusionnet.export import precision as prec
+    from deepfusionnet.export.int8_fallback import int8_with_fallback
     from deepfusionnet.export.sidecar import set_metadata, sha256_bytes, tool_versions, write_sidecar
     from deepfusionnet.runtime.artifacts import sidecar_path
     from deepfusionnet.train.models.registry import get_spec
@@ -123,12 +130,22 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
         progress(f"INT8: {len(exclude)} nodes kept float; calibrating ({opts.calib_method}) on "
                  f"{len(frames)} frames from {calib_dir} at {cw}x{ch}")
         reader = prec.calibration_reader(frames, onx.INPUT, cw, ch, spec.multiple)
-        graph, excluded, used = prec.int8_from_onnx(base, reader, opts.calib_method, exclude=exclude)
+        search = opts.fallback_db > 0 and opts.fallback_frames > 0
+        checks = prec.calibration_images(calib_dir, opts.fallback_frames, skip=frames) if search else []
+        if search and not checks:
+            progress(f"INT8 fallback: skipped, {calib_dir} has no frames beyond the {len(frames)} calibration ones")
+        feeds = [{onx.INPUT: prec.check_frame(p, spec.multiple)} for p in checks]
+        protect = [c for c in prec.conv_names(base.graph) if any(p in c for p in opts.quantize)]
+        found = int8_with_fallback(base, reader, feeds, opts.calib_method, exclude=exclude, protect=protect,
+                                   target_db=opts.fallback_db, threads=opts.threads, progress=progress)
+        graph, excluded, used = found.proto, found.excluded, found.method
         if used != opts.calib_method:
             progress(f"INT8: calibrated with {used}")
         info["calibration"] = {"method": used, "dir": str(calib_dir), "count": len(frames),
                                "size": [cw, ch], "symmetric": True, "per_channel": True,
-                               "op_types": ["Conv"], "excluded_nodes": excluded}
+                               "op_types": ["Conv"], "excluded_nodes": excluded,
+                               "fallback": {"target_db": opts.fallback_db, "frames": [str(p) for p in checks],
+                                            "steps": found.steps, "stages_kept_float": found.stages_kept_float}}
     if opts.size is not None:
         graph = onx.fix_input_size(graph, *opts.size)
     set_metadata(graph, name, spec.scale, spec.multiple, opts.precision,

@@ -11,7 +11,8 @@ FP32 inputs/outputs and keep the numerically fragile nodes in FP32:
 - INT8: symmetric (zero point 0, as TensorRT requires) per-channel weights and per-tensor activations,
   calibrated on real night frames; the full-resolution convolutions (input stage and last decoder
   stage), the output head (last conv + sigmoid) and the attention convs stay in floating point, as
-  INT8 in them visibly shifts colours of enhancement/SR nets.
+  INT8 in them visibly shifts colours of enhancement/SR nets; further stages stay float where the
+  accuracy-driven search of :mod:`.int8_fallback` finds INT8 moving the output.
 """
 
 from __future__ import annotations
@@ -160,15 +161,17 @@ def default_calibration_dir(scale: int = 1) -> Path:
     return repo / "samples" / "night"
 
 
-def calibration_images(folder: str | Path, count: int) -> list[Path]:
-    """``count`` images spread evenly over ``folder`` (sorted, so the choice is reproducible)."""
+def calibration_images(folder: str | Path, count: int, skip: Iterable[Path] = ()) -> list[Path]:
+    """``count`` images spread evenly over ``folder`` (sorted, so the choice is reproducible), leaving
+    out ``skip`` (frames already used, e.g. for calibration; may leave none)."""
     from deepfusionnet.runtime.pairs import list_images
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DFNError(f"{folder}: calibration folder not found")
-    paths = list_images(folder)
-    if not paths:
+    skipped = set(skip)
+    paths = [p for p in list_images(folder) if p not in skipped]
+    if not paths and not skipped:
         raise DFNError(f"{folder}: no calibration images found")
     if count and len(paths) > count:
         idx = np.linspace(0, len(paths) - 1, count).round().astype(int)
@@ -191,6 +194,23 @@ def calibration_frame(path: Path, width: int, height: int, multiple: int = 8) ->
     y0, x0 = (nh - height) // 2, (nw - width) // 2
     x, _ = pad_to_multiple(to_tensor(np.ascontiguousarray(img[y0:y0 + height, x0:x0 + width])), multiple)
     return x
+
+
+def check_frame(path: Path, multiple: int = 8, max_pixels: int = 1280 * 720) -> np.ndarray:
+    """Read ``path`` through the runtime at its own size (area-downscaled above ``max_pixels``), padded
+    to ``multiple``: INT8 errors that decide a frame's exposure show at full size more than on
+    calibration-sized crops (session 10: 4 of 254 frames below 32 dB at 600x400, 1 at 320x240)."""
+    import cv2
+
+    from deepfusionnet.runtime.images import read_image
+    from deepfusionnet.runtime.processing import pad_to_multiple, to_tensor
+
+    img = read_image(path)
+    h, w = img.shape[:2]
+    if h * w > max_pixels:
+        s = (max_pixels / (h * w)) ** 0.5
+        img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return pad_to_multiple(to_tensor(img), multiple)[0]
 
 
 def calibration_reader(paths: list[Path], input_name: str, width: int, height: int, multiple: int = 8):
@@ -224,7 +244,8 @@ def calibration_chunk(count: int, most: int) -> int:
 
 
 def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[str] | None = None,
-                   op_types: Iterable[str] | None = ("Conv",), percentile: float = 99.999, chunk: int = 8):
+                   op_types: Iterable[str] | None = ("Conv",), percentile: float = 99.999, chunk: int = 8,
+                   calibration_cache: Path | None = None):
     """Quantize an FP32 graph to explicit, symmetric INT8 Q/DQ with ONNX Runtime's ``quantize_static``.
 
     ``exclude`` defaults to :func:`default_int8_exclusions`; ``op_types`` to convolutions only
@@ -236,6 +257,9 @@ def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[
     (ONNX Runtime's ``CalibStridedMinMax``, which feeds every method's collector chunk by chunk). The
     calibrators otherwise hold every frame's intermediate tensors at once: 8.6 GB resident for the
     default 32 frames at 320x240 (DeepFusionNet), 2.6 GB in chunks of 8.
+
+    ``calibration_cache``: a file for ONNX Runtime's calibration cache; when it exists its ranges are
+    used and ``reader`` is not read (the fallback search quantizes one graph many times).
     """
     onnx = require("onnx", "export")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -261,6 +285,8 @@ def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[
         kwargs = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                       per_channel=True, op_types_to_quantize=list(op_types) if op_types else None,
                       nodes_to_exclude=exclude)
+        if calibration_cache is not None:
+            kwargs["calibration_cache_path"] = str(calibration_cache)
         used = method
         try:
             quantize_static(str(pre), str(dst), reader, calibrate_method=calib, extra_options=extra, **kwargs)
@@ -327,23 +353,8 @@ def full_resolution_convs(graph) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv" and level.get(n.output[0], 1) <= 0]
 
 
-def bottleneck_decoder_convs(graph) -> list[str]:
-    """Convolutions between the first and second upsampling: the decoder stage that reads the upsampled
-    bottleneck concatenated with a skip (DeepFusionNet: dec1, about 28% of the MACs).
-
-    In a stage-10 candidate that input's largest channel peaks at 139 while the median one stays near 5,
-    so one per-tensor INT8 scale (the only kind TensorRT takes for activations) gives the median channel
-    4-5 levels; its second conv reads peaks of 2700. The error there moves the whole frame's exposure.
-    """
-    out, seen = [], 0
-    for node in graph.node:  # ONNX nodes are topologically sorted; exporters keep forward order
-        if node.op_type in ("Resize", "Upsample"):
-            seen += 1
-            if seen == 2:
-                break
-        elif node.op_type == "Conv" and seen == 1:
-            out.append(node.name)
-    return out
+def conv_names(graph) -> list[str]:
+    return [n.name for n in graph.node if n.op_type == "Conv"]
 
 
 def _initializers(graph) -> set[str]:
@@ -355,7 +366,7 @@ def int8_exclusions(graph, keep_float: Iterable[str] = (), quantize: Iterable[st
     ``keep_float`` pattern stay float too; nodes whose name contains a ``quantize`` pattern are
     quantized after all. A pattern that matches no convolution is an error (a typo would otherwise
     silently change nothing)."""
-    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    convs = conv_names(graph)
     for pat in (*keep_float, *quantize):
         if not any(pat in c for c in convs):
             stages = sorted({c.split("/")[1] for c in convs if c.count("/") > 1})
@@ -366,8 +377,8 @@ def int8_exclusions(graph, keep_float: Iterable[str] = (), quantize: Iterable[st
 
 
 def default_int8_exclusions(graph) -> list[str]:
-    """Nodes INT8 leaves in float by default: full-resolution convs, the output head, attention convs
-    and the decoder stage that reads the bottleneck.
+    """Nodes INT8 leaves in float by structure: full-resolution convs, the output head and attention
+    convs. Which other stages stay float is measured per model (:mod:`.int8_fallback`).
 
     Measured on eval15 (worst of the images vs FP32). Interim weights, 3 images: quantizing every conv
     28.4 dB; keeping only the first convs and the head float 30.3 dB; plus attention convs 31.8 dB;
@@ -375,9 +386,5 @@ def default_int8_exclusions(graph) -> list[str]:
     A later model (session 6, 15 images): with the input stage float, 28.3 dB: on one brighter frame
     (748) the activations entering the full-resolution decoder stage ran 2-5x past the ranges
     calibrated on train/low; with every full-resolution conv float, 35.1 dB (mean 47.4).
-    A stage-10 candidate (session 9, measured on the 40 held-out training frames, not eval15): 27.1 dB,
-    its INT8 output uniformly up to 8% brighter or darker; with the bottleneck's decoder stage float too,
-    35.5 dB (the stage-7 weights: 35.0 without it). Its INT8 share of the MACs falls from 74% to 46%.
     """
-    return sorted(set(full_resolution_convs(graph)) | set(output_head(graph)) | set(attention_convs(graph))
-                  | set(bottleneck_decoder_convs(graph)))
+    return sorted(set(full_resolution_convs(graph)) | set(output_head(graph)) | set(attention_convs(graph)))

@@ -142,6 +142,12 @@ def test_graphs_carry_precision_metadata_and_sidecars(exported):
             assert side["calibration"]["symmetric"]
             if model == "deepfusionnet":
                 assert side["calibration"]["method"] == "percentile"
+                # the fallback search checked other frames than it calibrated on and met its target
+                fb = side["calibration"]["fallback"]
+                assert len(fb["frames"]) == 16 and fb["target_db"] == 35.0
+                assert fb["steps"][-1]["worst_db"] >= 35.0
+                kept = {n.split("/")[1] for n in side["calibration"]["excluded_nodes"] if n.count("/") > 1}
+                assert set(fb["stages_kept_float"]) <= kept
 
 
 def test_fp16_keeps_global_reductions_fp32(exported):
@@ -181,14 +187,13 @@ def test_fp16_keeps_batchnorm_with_large_statistics_exact():
     np.testing.assert_allclose(out, ref, atol=2e-3)
 
 
-def test_int8_keeps_full_resolution_and_bottleneck_decoder_convs_float():
-    """Encoder and decoder convs at the input's resolution stay float, and so does the decoder stage that
-    reads the upsampled bottleneck; the other pooled convs are quantized."""
+def test_int8_keeps_full_resolution_convs_float():
+    """Encoder and decoder convs at the input's resolution stay float; the pooled convs are quantized
+    (which of them stay float too is measured per model, below)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.export.precision import (bottleneck_decoder_convs, default_int8_exclusions,
-                                                full_resolution_convs, int8_exclusions)
+    from deepfusionnet.export.precision import default_int8_exclusions, full_resolution_convs, int8_exclusions
 
     w = lambda name, cin: numpy_helper.from_array(np.ones((4, cin, 3, 3), np.float32), name)
     nodes = [
@@ -209,14 +214,75 @@ def test_int8_keeps_full_resolution_and_bottleneck_decoder_convs_float():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
     assert full_resolution_convs(graph) == ["enc_full", "dec_full", "last"]
     excluded = default_int8_exclusions(graph)
-    assert bottleneck_decoder_convs(graph) == ["dec_first"]
-    assert "enc_half" not in excluded and "enc_quarter" not in excluded
-    assert {"enc_full", "dec_first", "dec_full", "last", "sig"} <= set(excluded)
+    assert not {"enc_half", "enc_quarter", "dec_first"} & set(excluded)
+    assert {"enc_full", "dec_full", "last", "sig"} <= set(excluded)
     assert int8_exclusions(graph) == sorted(excluded)
-    chosen = int8_exclusions(graph, keep_float=("enc_half",), quantize=("dec_first",))
-    assert "enc_half" in chosen and "dec_first" not in chosen and "enc_quarter" not in chosen
+    chosen = int8_exclusions(graph, keep_float=("enc_half",), quantize=("dec_full",))
+    assert "enc_half" in chosen and "dec_full" not in chosen and "enc_quarter" not in chosen
     with pytest.raises(DFNError, match="'dec9' matches no convolution"):
         int8_exclusions(graph, keep_float=("dec9",))
+
+
+def _mixed_range_graph():
+    """enc (3->4 conv) -> per-channel scale (1000, 1, 1, 1) -> dec (4->3 conv reading only the small
+    channels) -> sigmoid. One per-tensor INT8 scale for dec's input leaves the small channels ~0.1 of
+    a level, so INT8 dec loses the picture; enc quantizes fine."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w_dec = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    w_dec[:, 0] = 0  # the huge channel only sets the range
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w_enc"),
+             numpy_helper.from_array(np.array([1000, 1, 1, 1], np.float32).reshape(1, 4, 1, 1), "gain"),
+             numpy_helper.from_array(w_dec, "w_dec")]
+    nodes = [helper.make_node("Conv", ["x", "w_enc"], ["a"], name="/enc/Conv", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["r"], name="/enc/Relu"),
+             helper.make_node("Mul", ["r", "gain"], ["m"], name="/enc/Mul"),
+             helper.make_node("Conv", ["m", "w_dec"], ["d"], name="/dec/Conv", pads=[1] * 4),
+             helper.make_node("Sigmoid", ["d"], ["y"], name="/head/Sigmoid")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fallback_checks_frames_it_did_not_calibrate_on(lol_train):
+    from deepfusionnet.export.precision import calibration_images
+
+    calib = calibration_images(lol_train / "low", 32)
+    checks = calibration_images(lol_train / "low", 16, skip=calib)
+    assert len(calib) == 32 and len(checks) == 16 and not set(checks) & set(calib)
+
+
+def test_int8_fallback_keeps_the_stage_that_breaks_float():
+    """The search measures INT8 against FP32 on check frames and keeps float the stage whose per-tensor
+    scale cannot hold its input; a stage the user asked to quantize is never chosen; 0 dB turns it off."""
+    from deepfusionnet.export.int8_fallback import conv_stage, int8_with_fallback
+
+    assert conv_stage("/dec1/convs/convs.0/convs.0.0/Conv") == "dec1" and conv_stage("plain") == "plain"
+    proto = _mixed_range_graph()
+    rng = np.random.default_rng(1)
+    frames = [{"x": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(6)]
+
+    class Reader:
+        def __init__(self):
+            self._it = iter(frames[:4])
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def rewind(self):
+            self._it = iter(frames[:4])
+
+    checks = frames[4:]
+    off = int8_with_fallback(proto, Reader(), checks, "minmax", target_db=0)
+    assert off.steps == [] and {"/enc/Conv", "/dec/Conv"}.isdisjoint(off.excluded)
+    found = int8_with_fallback(proto, Reader(), checks, "minmax", target_db=35)
+    assert found.steps[0]["float"] is None and found.steps[0]["worst_db"] < 30  # INT8 dec loses the picture
+    assert found.stages_kept_float == ["dec"] and found.steps[-1]["worst_db"] >= 35
+    assert "/dec/Conv" in found.excluded and "/enc/Conv" not in found.excluded
+    assert {n.op_type for n in found.proto.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}  # enc stays INT8
+    held = int8_with_fallback(proto, Reader(), checks, "minmax", protect=["/dec/Conv"], target_db=35)
+    assert "dec" not in held.stages_kept_float and "/dec/Conv" not in held.excluded
 
 
 def test_int8_calibrates_in_chunks_with_the_same_ranges():

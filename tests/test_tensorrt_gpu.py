@@ -46,7 +46,7 @@ def exported(tmp_path_factory, samples) -> dict[str, Path]:
     scale, multiple, _ = SHIPPED[name]
     fp16, _ = precision.fp16_from_onnx(fp32)
     calib = sorted(p for p in samples.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    int8, _ = precision.int8_from_onnx(fp32, precision.calibration_reader(calib, "input", SIZE[1], SIZE[0], multiple))
+    int8, *_ = precision.int8_from_onnx(fp32, precision.calibration_reader(calib, "input", SIZE[1], SIZE[0], multiple))
     paths = {}
     for prec, proto in (("fp32", fp32), ("fp16", fp16), ("int8", int8)):
         sidecar.set_metadata(proto, name, scale, multiple, prec)

@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantize", action="append", default=[], metavar="PATTERN",
                    help="quantize nodes the defaults keep float, e.g. /dec1/ for speed (repeatable; "
                         "the parity check still guards the result)")
+    g.add_argument("--fallback-db", type=float, default=35.0, metavar="DB",
+                   help="keep whole stages float, one at a time, until the worst of --fallback-frames frames "
+                        "from --calib (not the calibration ones) is within DB of FP32 (default 35; 0 = off)")
+    g.add_argument("--fallback-frames", type=int, default=16, metavar="N",
+                   help="frames the fallback search checks (default 16)")
     c = p.add_argument_group("parity check against PyTorch")
     c.add_argument("--no-check", action="store_true", help="skip the parity check")
     c.add_argument("--check-data", metavar="DIR", help="images or low/high pairs (default: LOL-v1 eval15 beside "
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         exporter=args.exporter, simplify=not args.no_simplify,
         calib_dir=Path(args.calib) if args.calib else None, calib_method=args.calib_method,
         calib_count=args.calib_count, calib_size=args.calib_size, keep_float=tuple(args.keep_float),
-        quantize=tuple(args.quantize), check=not args.no_check,
+        quantize=tuple(args.quantize), fallback_db=args.fallback_db, fallback_frames=args.fallback_frames,
+        check=not args.no_check,
         check_data=Path(args.check_data) if args.check_data else None, check_images=args.check_images,
         threads=args.threads)
     result = export_model(args.model, args.output, opts, progress=say)
