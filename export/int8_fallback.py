@@ -16,7 +16,7 @@ ONNX Runtime on the CPU:
 
 The mean-gain condition is what makes the choice carry over to other frames. The enhancer decides each
 frame's exposure globally, and on about 3% of frames any small perturbation tips that decision (session
-10, shipped weights, 254 training frames at 600x400: 7 below 32 dB with dec1 float, 6 with dec1, enc1
+10, the stage-10 weights, 254 training frames at 600x400: 7 below 32 dB with dec1 float, 6 with dec1, enc1
 and enc2 float). Choosing by the worst frame alone kept enc1 and enc2 float for that: 16 check frames
 went from 31.9 to 35.4 dB while their mean did not move (42.9 -> 43.6). A stage whose INT8 noise matters
 lifts every frame: dec2, dec1 and enc1 of another fine-tune lifted the mean 36.8 -> 44.9 -> 52.3.
