@@ -92,7 +92,7 @@ def int8_with_fallback(proto, reader, checks: list[dict], method: str = "percent
                        min_mean_gain: float = DEFAULT_MIN_MEAN_GAIN, threads: int | None = None,
                        progress: Callable[[str], None] = lambda s: None) -> FallbackResult:
     """Quantize ``proto`` (FP32) to INT8 Q/DQ, keeping stages float until the worst of ``checks``
-    (input feeds) is within ``target_db`` of FP32; ``target_db <= 0`` or no checks: no search.
+    (input feeds) reaches ``target_db`` PSNR against FP32; ``target_db <= 0`` or no checks: no search.
 
     ``exclude``: nodes float from the start; ``protect``: convs never made float by the search.
     Returns the last graph tried even when the target is not reached (the export's parity check

@@ -28,7 +28,7 @@ class ExportOptions:
     keep_float: tuple[str, ...] = ()
     quantize: tuple[str, ...] = ()
     # accuracy-driven fallback (export/int8_fallback.py): keep stages float until the worst of
-    # fallback_frames other frames from calib_dir is within fallback_db of FP32; 0 = off
+    # fallback_frames other frames from calib_dir reaches fallback_db PSNR against FP32; 0 = off
     fallback_db: float = 35.0
     fallback_frames: int = 16
     # parity against PyTorch after export

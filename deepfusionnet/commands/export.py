@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the parity check still guards the result)")
     g.add_argument("--fallback-db", type=float, default=35.0, metavar="DB",
                    help="keep whole stages float, one at a time, until the worst of --fallback-frames frames "
-                        "from --calib (not the calibration ones) is within DB of FP32 (default 35; 0 = off)")
+                        "from --calib (not the calibration ones) reaches DB PSNR against FP32 (default 35; 0 = off)")
     g.add_argument("--fallback-frames", type=int, default=16, metavar="N",
                    help="frames the fallback search checks (default 16)")
     c = p.add_argument_group("parity check against PyTorch")
