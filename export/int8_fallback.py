@@ -34,6 +34,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from deepfusionnet.export.precision import conv_names, conv_stage, int8_from_onnx
+from deepfusionnet.runtime.metrics import psnr
+
 DEFAULT_TARGET_DB = 35.0  # the export parity tolerance is 32 dB worst-frame on other frames: keep a margin
 DEFAULT_MAX_STEPS = 4
 DEFAULT_MIN_MEAN_GAIN = 1.0
@@ -51,27 +54,21 @@ class FallbackResult:
         return [s["float"] for s in self.steps if s["float"]]
 
 
-def conv_stage(name: str) -> str:
-    """The stage a conv node belongs to: the first component of its module path, else the node itself."""
-    parts = name.split("/")
-    return parts[1] if name.startswith("/") and len(parts) > 2 else name
-
-
 def quantized_stages(graph, excluded: Iterable[str], protect: Iterable[str] = ()) -> dict[str, list[str]]:
     """Stage -> its convs that are still quantized, leaving out stages holding a ``protect`` conv
     (ones the user asked to quantize: the search never overrides them)."""
     excluded, protect = set(excluded), set(protect)
     stages: dict[str, list[str]] = {}
-    for node in graph.node:
-        if node.op_type == "Conv" and node.name not in excluded:
-            stages.setdefault(conv_stage(node.name), []).append(node.name)
+    for conv in conv_names(graph):
+        if conv not in excluded:
+            stages.setdefault(conv_stage(conv), []).append(conv)
     return {s: convs for s, convs in stages.items() if not protect.intersection(convs)}
 
 
 def psnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    """PSNR of ``out`` against ``ref`` for images in [0, 1]; identical images give 100 dB."""
-    mse = float(np.mean((np.asarray(ref, np.float64) - np.asarray(out, np.float64)) ** 2))
-    return 100.0 if mse <= 1e-10 else float(10 * np.log10(1.0 / mse))
+    """:func:`~deepfusionnet.runtime.metrics.psnr`, capped at 100 dB so identical outputs stay finite
+    (the sidecar is JSON)."""
+    return min(psnr(ref, out), 100.0)
 
 
 def run_graph(proto, feeds: list[dict], threads: int | None = None) -> list[np.ndarray]:
@@ -98,8 +95,6 @@ def int8_with_fallback(proto, reader, checks: list[dict], method: str = "percent
     Returns the last graph tried even when the target is not reached (the export's parity check
     decides); ``steps`` records each round.
     """
-    from deepfusionnet.export.precision import int8_from_onnx
-
     exclude = sorted(set(exclude))
     with tempfile.TemporaryDirectory(prefix="dfn-int8-search-") as tmp:
         cache = Path(tmp, "calibration.json")

@@ -135,7 +135,7 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
         if search and not checks:
             progress(f"INT8 fallback: skipped, {calib_dir} has no frames beyond the {len(frames)} calibration ones")
         feeds = [{onx.INPUT: prec.check_frame(p, spec.multiple)} for p in checks]
-        protect = [c for c in prec.conv_names(base.graph) if any(p in c for p in opts.quantize)]
+        protect = prec.matching_convs(base.graph, opts.quantize)
         found = int8_with_fallback(base, reader, feeds, opts.calib_method, exclude=exclude, protect=protect,
                                    target_db=opts.fallback_db, threads=opts.threads, progress=progress)
         graph, excluded, used = found.proto, found.excluded, found.method

@@ -357,6 +357,18 @@ def conv_names(graph) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv"]
 
 
+def conv_stage(name: str) -> str:
+    """The stage a conv node belongs to: the first component of its module path, else the node itself."""
+    parts = name.split("/")
+    return parts[1] if name.startswith("/") and len(parts) > 2 else name
+
+
+def matching_convs(graph, patterns: Iterable[str]) -> list[str]:
+    """Convs whose node name contains any of ``patterns`` (the ``--keep-float``/``--quantize`` match)."""
+    patterns = tuple(patterns)
+    return [c for c in conv_names(graph) if any(p in c for p in patterns)]
+
+
 def _initializers(graph) -> set[str]:
     return {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
 
@@ -366,13 +378,12 @@ def int8_exclusions(graph, keep_float: Iterable[str] = (), quantize: Iterable[st
     ``keep_float`` pattern stay float too; nodes whose name contains a ``quantize`` pattern are
     quantized after all. A pattern that matches no convolution is an error (a typo would otherwise
     silently change nothing)."""
-    convs = conv_names(graph)
     for pat in (*keep_float, *quantize):
-        if not any(pat in c for c in convs):
-            stages = sorted({c.split("/")[1] for c in convs if c.count("/") > 1})
+        if not matching_convs(graph, [pat]):
+            stages = sorted({conv_stage(c) for c in conv_names(graph) if conv_stage(c) != c})
             raise DFNError(f"INT8: {pat!r} matches no convolution; node names look like "
                            f"'/dec1/convs/convs.0/convs.0.0/Conv' (stages: {', '.join(stages)})")
-    out = set(default_int8_exclusions(graph)) | {c for c in convs if any(p in c for p in keep_float)}
+    out = set(default_int8_exclusions(graph)) | set(matching_convs(graph, keep_float))
     return sorted(n for n in out if not any(p in n for p in quantize))
 
 
