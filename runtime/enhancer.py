@@ -14,6 +14,31 @@ from deepfusionnet.runtime.processing import run_tiled, to_image, to_tensor
 
 # Frames above this many pixels on a side run in tiles (bounded memory on 4-8 GB Jetsons).
 DEFAULT_TILE = 1024
+TTA_CHOICES = (1, 4, 8)
+
+
+def check_tta(n: int) -> None:
+    if n not in TTA_CHOICES:
+        raise DFNError(f"--tta must be one of {', '.join(map(str, TTA_CHOICES))}, not {n}")
+
+
+def self_ensemble(fn, x: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``fn`` over ``n`` dihedral transforms of NCHW ``x``, each output transformed back: 4 = the
+    identity and the three flips, 8 = those and their transposes. The geometric self-ensemble of
+    super-resolution practice (EDSR's "x8"). On the enhancer it lifted the 40 held-out LOL training
+    pairs by 0.15 dB (4) and 0.25 dB (8), but not eval15, where exposure dominates (docs/eval.md)."""
+    acc = None
+    for k in range(n):
+        flip_h, flip_w, swap = bool(k & 1), bool(k & 2), bool(k & 4)
+        t = x[..., ::-1, :] if flip_h else x
+        t = t[..., ::-1] if flip_w else t
+        t = np.swapaxes(t, -1, -2) if swap else t
+        y = fn(np.ascontiguousarray(t))
+        y = np.swapaxes(y, -1, -2) if swap else y
+        y = y[..., ::-1] if flip_w else y
+        y = y[..., ::-1, :] if flip_h else y
+        acc = y.astype(np.float32) if acc is None else acc + y
+    return acc / np.float32(n)
 
 
 @dataclass
@@ -24,6 +49,10 @@ class Enhancer:
     artifact: Artifact
     tile: int = DEFAULT_TILE
     overlap: int = 32
+    tta: int = 1  # 1, 4 (flips) or 8 (flips and transposes): average of the outputs, tta x the work
+
+    def __post_init__(self) -> None:
+        check_tta(self.tta)
 
     @property
     def scale(self) -> int:
@@ -32,7 +61,7 @@ class Enhancer:
     def run_tensor(self, x: np.ndarray) -> np.ndarray:
         """float32 NCHW in [0, 1] (any H, W) -> float32 NCHW, ``scale`` x larger, exposure-calibrated
         over the whole frame when the model carries a calibration."""
-        y = self.run_network(x)
+        y = self.run_network(x) if self.tta == 1 else self_ensemble(self.run_network, x, self.tta)
         return self.artifact.exposure.apply(y) if self.artifact.exposure is not None else y
 
     def run_network(self, x: np.ndarray) -> np.ndarray:
@@ -86,8 +115,11 @@ def backend_for(artifact: Artifact, backend: str) -> str:
     return {"engine": "tensorrt", "weights": "torch", "openvino": "openvino"}.get(artifact.kind, "onnxruntime")
 
 
-def open_enhancer(model: str, backend: str = "default", tile: int = DEFAULT_TILE, overlap: int = 32, **options) -> Enhancer:
-    """Resolve ``model`` (shipped name or file), load it on ``backend`` and wrap it in an :class:`Enhancer`."""
+def open_enhancer(model: str, backend: str = "default", tile: int = DEFAULT_TILE, overlap: int = 32,
+                  tta: int = 1, **options) -> Enhancer:
+    """Resolve ``model`` (shipped name or file), load it on ``backend`` and wrap it in an :class:`Enhancer`
+    (``tta`` > 1: a geometric self-ensemble of that many passes, see :func:`self_ensemble`)."""
+    check_tta(tta)  # before loading anything
     kind = "weights" if backend == "torch" else None
     artifact = resolve(model, kind)
     name = backend_for(artifact, backend)
@@ -97,7 +129,7 @@ def open_enhancer(model: str, backend: str = "default", tile: int = DEFAULT_TILE
     except BaseException:
         be.close()
         raise
-    return Enhancer(be, artifact, tile, overlap)
+    return Enhancer(be, artifact, tile, overlap, tta)
 
 
 def check_image_io(be: Backend, path) -> None:

@@ -507,3 +507,67 @@ def test_val_seed_fixes_the_held_out_pairs_across_seeds(lol_train):
     assert held(seed=0) != held(seed=1)  # else the test below could not fail
     assert held(seed=1, val_seed=0) == held(seed=0)
     assert len(held(seed=1, val_seed=0)) >= 12
+
+
+def test_targets_equal_to_the_ground_truth_change_nothing(tiny, straight, tmp_path, capsys):
+    """``--targets`` only swaps the training targets: with the ground truth itself as the "teacher" the run
+    is bit for bit the straight one (same samples, same validation)."""
+    shutil.copytree(tiny / "high", tmp_path / "teacher")
+    out = tmp_path / "run"
+    assert dfn(capsys, *train_args(tiny, out, 4, "--targets", tmp_path / "teacher"))[0] == 0
+    assert same_weights(out / "last.safetensors", straight / "last.safetensors")
+    assert json.loads((out / "config.json").read_text())["targets"] == str(tmp_path / "teacher")
+
+
+def test_targets_train_toward_the_teacher_and_validate_on_the_ground_truth(tiny, straight, tmp_path, capsys):
+    from deepfusionnet.train import data as D
+    from deepfusionnet.train.trainer import TrainConfig, evaluate_model, validation_split
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for n in NAMES:  # a flat grey teacher, far from every ground truth
+        cv2.imwrite(str(teacher / n), np.full((48, 64, 3), 200, np.uint8))
+    out = tmp_path / "run"
+    assert dfn(capsys, *train_args(tiny, out, 4, "--targets", teacher, "--targets-mix", "0.5", "--lr", "1e-3"))[0] == 0
+    model, _ = load_model(out / "last.safetensors")
+    pairs = D.load_pairs(tiny)
+    train_idx, val_idx = validation_split(pairs, TrainConfig(data=str(tiny), val_count=2))
+    # Validation in metrics.json is the ground truth's, not the teacher's.
+    logged = json.loads((out / "metrics.json").read_text())[-1]["val_psnr"]
+    assert logged == pytest.approx(evaluate_model(model, pairs.subset(val_idx), 16)["psnr"], abs=1e-6)
+    # Trained halfway toward grey: the outputs on training frames move toward 200 (the straight run's do not).
+    ref, _ = load_model(straight / "last.safetensors")
+    x = torch.from_numpy(np.stack([D._chw(pairs.low[i]) for i in train_idx]))
+    with torch.no_grad():
+        moved, kept = model.eval()(x), ref.eval()(x)
+    grey, truth = 200 / 255, np.mean([pairs.high[i].mean() / 255 for i in train_idx])
+    assert abs(moved.mean().item() - (grey + truth) / 2) < abs(kept.mean().item() - (grey + truth) / 2)
+
+
+def test_with_targets_blends_and_names_what_is_missing(tiny, tmp_path):
+    from deepfusionnet.train import data as D
+
+    pairs = D.load_pairs(tiny)
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    for n in NAMES:
+        cv2.imwrite(str(teacher / n.replace(".png", ".jpg")), np.zeros((48, 64, 3), np.uint8))  # any suffix
+    blended = D.with_targets(pairs, teacher, 0.25)
+    assert np.array_equal(blended.low[0], pairs.low[0])
+    assert np.abs(blended.high[0].astype(float) - 0.75 * pairs.high[0]).max() <= 1  # JPEG of zeros is zeros
+    (teacher / "103.jpg").unlink()
+    with pytest.raises(DFNError, match="no target for training frame 103.png"):
+        D.with_targets(pairs, teacher)
+    cv2.imwrite(str(teacher / "103.png"), np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(DFNError, match=r"103.png: size 10x10 differs"):
+        D.with_targets(pairs, teacher)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--targets-mix", "0"], "--targets-mix"),
+    (["--targets", "nowhere"], "nowhere"),
+    (["--model", "deepfusionnet-sr", "--targets", "."], "enhancer"),
+])
+def test_targets_errors_are_one_line(tiny, tmp_path, capsys, args, needle):
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, *args))
+    assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err

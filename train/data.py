@@ -45,6 +45,31 @@ def load_pairs(root: str | Path) -> PairSet:
     return PairSet(low, high, names)
 
 
+def with_targets(pairs: PairSet, folder: str | Path, mix: float = 1.0) -> PairSet:
+    """``pairs`` with each ``high`` replaced by ``(1 - mix) * high + mix * target``, the target read from
+    ``folder`` under the low image's name (any image suffix): soft targets for distillation, e.g. a
+    slower teacher's outputs (``dfn enhance --tta`` over the training ``low/`` folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DFNError(f"{folder}: --targets is not a folder")
+    from deepfusionnet.runtime.images import IMAGE_SUFFIXES
+
+    by_stem = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    high = []
+    for name, hi in zip(pairs.names, pairs.high):
+        path = by_stem.get(Path(name).stem)
+        if path is None:
+            raise DFNError(f"{folder}: no target for training frame {name}")
+        t = read_image(path)
+        if t.shape != hi.shape:
+            raise DFNError(f"{path}: size {t.shape[1]}x{t.shape[0]} differs from its training frame "
+                           f"{name} ({hi.shape[1]}x{hi.shape[0]})")
+        if mix < 1.0:
+            t = np.rint((1.0 - mix) * hi.astype(np.float32) + mix * t.astype(np.float32)).astype(np.uint8)
+        high.append(t)
+    return PairSet(list(pairs.low), high, list(pairs.names))
+
+
 def split_validation(pairs: PairSet, count: int, seed: int = 0) -> tuple[list[int], list[int]]:
     """Hold out about ``count`` pairs for validation, keeping scenes that share a normal-light image
     together (LOL-v1 has several low shots per scene), so no validation scene is seen in training."""

@@ -67,6 +67,10 @@ class TrainConfig:
     # the weights (BN's affine ones included) learn. For fine-tuning on large crops or full frames at a
     # batch size too small for batch statistics; training then sees exactly the normalisation inference uses.
     freeze_bn: bool = False
+    # Distillation: train toward (1 - targets_mix) * ground truth + targets_mix * the image of the same
+    # name in this folder (a teacher's outputs); validation still scores against the ground truth.
+    targets: str | None = None
+    targets_mix: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -90,6 +94,10 @@ class TrainConfig:
             raise DFNError("--ema must be in [0, 1), e.g. 0.999 (0 turns it off)")
         if self.freeze_bn and not self.init:
             raise DFNError("--freeze-bn keeps the BatchNorm statistics of --init; pass --init WEIGHTS with it")
+        if not 0.0 < self.targets_mix <= 1.0:
+            raise DFNError("--targets-mix must be in (0, 1]: the teacher's share of the training target")
+        if self.targets and get_spec(self.model).scale != 1:
+            raise DFNError("--targets applies to the enhancer; the SR model's targets are the normal-light images")
 
 
 # Options that may change between a run and its resumption without changing what is learned.
@@ -272,6 +280,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise DFNError(f"{cfg.data}: no training pairs left after holding out {cfg.val_count} for validation")
     val = pairs.subset(val_idx)
     trainset = pairs.subset(train_idx)
+    if cfg.targets:
+        trainset = D.with_targets(trainset, cfg.targets, cfg.targets_mix)
     # Refuse now, not at the first sample; SR crops the normal-light image at 2x the LR crop.
     D.check_crop_fits(trainset.high if sr else trainset.low, cfg.crop * (2 if sr else 1))
 

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="process frames larger than N pixels on a side in overlapping N x N tiles "
                         "(default 1024; 0 = never tile)")
+    p.add_argument("--tta", type=int, nargs="?", const=8, default=1, choices=(1, 4, 8), metavar="N",
+                   help="quality mode: average N passes over flipped (4) or flipped and transposed (8) copies "
+                        "of each frame, at N x the time (--tta alone: 8; default 1, one pass)")
     p.add_argument("--overlap", type=int, default=32, metavar="PX", help="tile overlap (default: %(default)s)")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop a video or camera after N frames")
@@ -205,12 +208,12 @@ def open_chain(args, size=None):
     if size is not None and args.fast:  # both models then run on the half-size frame
         size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
     backend, model, options = choose_backend(args.model, args.backend, size)
-    enhancer = open_enhancer(model, backend, tile=tile, overlap=args.overlap, **options)
+    enhancer = open_enhancer(model, backend, tile=tile, overlap=args.overlap, tta=args.tta, **options)
     sr = None
     if args.upscale == 2 or args.fast:
         try:
             sr_backend, sr_model, sr_options = choose_backend(args.sr_model, args.backend, size)
-            sr = open_enhancer(sr_model, sr_backend, tile=tile, overlap=args.overlap, **sr_options)
+            sr = open_enhancer(sr_model, sr_backend, tile=tile, overlap=args.overlap, tta=args.tta, **sr_options)
         except BaseException:
             enhancer.close()
             raise
@@ -423,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
             "model": str(chain.enhancer.artifact.path) if chain else None,
             "sr_model": str(chain.sr.artifact.path) if chain and chain.sr else None,
             "mode": "fast" if args.fast else ("upscale" if args.upscale == 2 else "enhance"),
+            "tta": args.tta,
             "frames": frames,
             "dropped": dropped,
             "fps": round(fps, 3) if fps else None,

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N pairs")
     p.add_argument("--seed", type=int, default=0, help="seed of the SR degradation (default 0)")
     p.add_argument("--tile", type=int, default=1024, help="tile size for large frames (default 1024)")
+    p.add_argument("--tta", type=int, nargs="?", const=8, default=1, choices=(1, 4, 8), metavar="N",
+                   help="geometric self-ensemble: average N passes (4 flips, or 8 with transposes; "
+                        "--tta alone: 8) at N x the work; reported as a separate mode, default 1")
     p.add_argument("--sheet", metavar="FILE.png", help="write a before / after / ground-truth contact sheet")
     p.add_argument("--sheet-width", type=int, default=240, metavar="PX", help="thumbnail width in the sheet")
 
@@ -61,23 +64,26 @@ def _choose(model: str, backend: str) -> tuple[str, str, dict]:
     return choose_backend(model, "auto")
 
 
-def open_model(model: str, backend: str = "auto", tile: int = 1024):
+def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1):
     """``(callable model, description dict)`` for a baseline or any artifact on ``backend``."""
+    from deepfusionnet.errors import DFNError
     from deepfusionnet.runtime.baselines import get_baseline, is_baseline
 
     if is_baseline(model):
+        if tta != 1:
+            raise DFNError(f"{model}: --tta averages a network's passes; a baseline has none to average")
         b = get_baseline(model)
         return b, {"model": b.name, "artifact": None, "backend": "numpy", "precision": "fp32",
-                   "description": b.description}
+                   "description": b.description, "tta": 1}
     from dataclasses import asdict
 
     from deepfusionnet.runtime.enhancer import open_enhancer
 
     name, target, options = _choose(model, backend)
-    enh = open_enhancer(target, name, tile=tile, **options)
+    enh = open_enhancer(target, name, tile=tile, tta=tta, **options)
     a = enh.artifact
     return enh, {"model": a.model, "artifact": str(a.path), "backend": enh.backend.name,
-                 "precision": a.precision, "backend_options": options,
+                 "precision": a.precision, "backend_options": options, "tta": tta,
                  "exposure": asdict(a.exposure) if a.exposure is not None else None}
 
 
@@ -97,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs[: args.limit]
     if args.sheet and not is_image_path(args.sheet):
         raise DFNError(f"{args.sheet}: the contact sheet needs an image suffix (.png)")
-    model, desc = open_model(args.model, args.backend, args.tile)
+    model, desc = open_model(args.model, args.backend, args.tile, args.tta)
     sheet = None
     if args.sheet:
         from deepfusionnet.runtime.sheet import ContactSheet
@@ -111,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             sheet.add(s.name, x, out, target, f"{s.psnr:.2f} dB / {s.ssim:.3f}")
 
     if not args.json:
-        print(f"dfn eval: {desc['model']} ({desc['precision']}) on {desc['backend']}, {len(pairs)} pairs "
+        tta = f", self-ensemble x{args.tta}" if args.tta > 1 else ""
+        print(f"dfn eval: {desc['model']} ({desc['precision']}{tta}) on {desc['backend']}, {len(pairs)} pairs "
               f"from {args.data} (protocol {args.protocol})", file=sys.stderr)
     try:
         result = evaluate(model, pairs, args.protocol, args.seed, on_image)
@@ -127,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(out)
     else:
-        print(f"{desc['model']}: PSNR {out['psnr']:.2f} dB, SSIM {out['ssim']:.4f} over {out['images']} "
+        print(f"{desc['model']}{tta}: PSNR {out['psnr']:.2f} dB, SSIM {out['ssim']:.4f} over {out['images']} "
               f"images ({out['task']}, protocol {args.protocol}, no GT-mean)", file=sys.stderr)
         if out["gt_mean"]:
             print(f"  GT-mean oracle (not comparable): PSNR {out['gt_mean']['psnr']:.2f} dB, "

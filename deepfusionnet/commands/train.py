@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with BatchNorm statistics re-estimated for it")
     p.add_argument("--freeze-bn", action="store_true",
                    help="keep BatchNorm statistics fixed at those of --init (fine-tuning on big crops, small batches)")
+    p.add_argument("--targets", default=None, metavar="DIR",
+                   help="distil: train toward the images in DIR named as the low frames (a teacher's outputs, "
+                        "e.g. dfn enhance --tta LOW -o DIR); validation still uses the ground truth")
+    p.add_argument("--targets-mix", type=float, default=1.0, metavar="W",
+                   help="teacher's share of the training target: (1-W)*ground truth + W*teacher (default 1)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
@@ -54,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         ssim_weight=args.ssim_weight, bf16=args.bf16, val_count=args.val_count, seed=args.seed,
         val_seed=args.val_seed,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
-        threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn)
+        threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
+        targets=args.targets, targets_mix=args.targets_mix)
     result = train(cfg, resume=args.resume)
     if args.json:
         emit_json(result)
