@@ -571,3 +571,38 @@ def test_with_targets_blends_and_names_what_is_missing(tiny, tmp_path):
 def test_targets_errors_are_one_line(tiny, tmp_path, capsys, args, needle):
     code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, *args))
     assert code == 1 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_whole_frame_samples_keep_the_frame(tiny):
+    from deepfusionnet.train import data as D
+
+    pairs = D.load_pairs(tiny)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(16):
+        lo, hi = D.enhancement_sample(pairs, 0, rng, 0)
+        assert lo.shape == hi.shape == (3, 48, 64)  # 64x48 is already a multiple of 16: never rotated by 90
+        seen.add(lo.tobytes())
+        # The target is the same flip / half-turn of the ground truth as the input is of the low frame.
+        assert any(np.array_equal(hi, D._chw(np.ascontiguousarray(t))) for t in
+                   (pairs.high[0], pairs.high[0][:, ::-1], pairs.high[0][::-1, ::-1], pairs.high[0][::-1]))
+    assert len(seen) == 4  # identity, mirror, half-turn, half-turn mirrored
+    odd = D.PairSet([pairs.low[0][:45, :61]], [pairs.high[0][:45, :61]], ["odd.png"])
+    assert D.enhancement_sample(odd, 0, rng, 0)[0].shape == (3, 32, 48)  # cut to a multiple of 16
+
+
+def test_whole_frame_training_runs_and_refuses_mixed_sizes(tiny, tmp_path, capsys):
+    out = tmp_path / "whole"
+    assert dfn(capsys, *train_args(tiny, out, 1, "--crop", "0"))[0] == 0
+    assert json.loads((out / "config.json").read_text())["crop"] == 0
+    assert np.isfinite(json.loads((out / "metrics.json").read_text())[-1]["loss"])
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny, mixed)
+    for sub in ("low", "high"):  # one pair at another size
+        img = cv2.imread(str(mixed / sub / "100.png"))
+        cv2.imwrite(str(mixed / sub / "100.png"), cv2.resize(img, (80, 64)))
+    code, err = dfn(capsys, *train_args(mixed, tmp_path / "m", 1, "--crop", "0"))
+    assert code == 1 and "--batch-size 1" in err and len(err.strip().splitlines()) == 1, err
+    assert dfn(capsys, *train_args(mixed, tmp_path / "m1", 1, "--crop", "0", "--batch-size", "1"))[0] == 0
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "sr", 1, "--crop", "0", "--model", "deepfusionnet-sr"))
+    assert code == 1 and "enhancer" in err

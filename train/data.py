@@ -89,9 +89,10 @@ def split_validation(pairs: PairSet, count: int, seed: int = 0) -> tuple[list[in
     return [i for i in range(len(pairs)) if i not in vs], sorted(val)
 
 
-def augment(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
-    """The same random flip / 90-degree rotation applied to every array (HWC)."""
-    k = int(rng.integers(4))
+def augment(rng: np.random.Generator, *arrays: np.ndarray, keep_shape: bool = False) -> list[np.ndarray]:
+    """The same random flip / 90-degree rotation applied to every array (HWC); ``keep_shape``: only
+    the rotations that keep a non-square frame's shape (0 or 180 degrees)."""
+    k = 2 * int(rng.integers(2)) if keep_shape else int(rng.integers(4))
     flip = bool(rng.integers(2))
     out = []
     for a in arrays:
@@ -119,12 +120,27 @@ def random_crop(rng: np.random.Generator, size: int, *arrays: np.ndarray, scales
     return [a[y * s:(y + size) * s, x * s:(x + size) * s] for a, s in zip(arrays, scales)]
 
 
+# Whole-frame samples are cut to a multiple of this, which every model here accepts.
+WHOLE_FRAME_MULTIPLE = 16
+
+
+def whole_frame_size(img: np.ndarray) -> tuple[int, int]:
+    """``(H, W)`` of the whole-frame training sample of ``img``: its size cut to the multiple."""
+    m = WHOLE_FRAME_MULTIPLE
+    return img.shape[0] // m * m, img.shape[1] // m * m
+
+
 def enhancement_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: int, synthetic_prob: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """One ``(low, high)`` training crop as float32 CHW in [0, 1]."""
-    lo, hi = random_crop(rng, crop, pairs.low[i], pairs.high[i])
+    """One ``(low, high)`` training crop as float32 CHW in [0, 1]; ``crop`` 0: the whole frame (cut to
+    a multiple of 16, flipped or turned 180 degrees), so the network learns from the frame it will see."""
+    if crop:
+        lo, hi = random_crop(rng, crop, pairs.low[i], pairs.high[i])
+    else:
+        h, w = whole_frame_size(pairs.low[i])
+        lo, hi = pairs.low[i][:h, :w], pairs.high[i][:h, :w]
     if synthetic_prob > 0 and rng.random() < synthetic_prob:
         lo = darken(hi, rng)
-    lo, hi = augment(rng, lo, hi)
+    lo, hi = augment(rng, lo, hi, keep_shape=not crop)
     return _chw(lo), _chw(hi)
 
 

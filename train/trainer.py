@@ -42,7 +42,7 @@ class TrainConfig:
     model: str = "deepfusionnet"
     epochs: int = 200
     batch_size: int = 8
-    crop: int = 128  # LR crop for SR; HR is 2x
+    crop: int = 128  # LR crop for SR; HR is 2x. 0: whole frames (enhancer only)
     lr: float = 1e-4  # the paper's Adam 1e-4
     lr_schedule: str = "constant"  # constant | cosine
     min_lr: float = 1e-6
@@ -84,8 +84,10 @@ class TrainConfig:
         get_spec(self.model)
         if self.lr_schedule not in ("constant", "cosine"):
             raise DFNError("--lr-schedule must be constant or cosine")
-        if self.crop % 8:
-            raise DFNError("--crop must be a multiple of 8")
+        if self.crop % 8 or self.crop < 0:
+            raise DFNError("--crop must be a multiple of 8 (or 0: whole frames)")
+        if self.crop == 0 and get_spec(self.model).scale != 1:
+            raise DFNError("--crop 0 (whole frames) is for the enhancer; the SR model trains on crops")
         if self.epochs < 1 or self.batch_size < 1:
             raise DFNError("--epochs and --batch-size must be positive")
         if self.bf16 not in ("auto", "on", "off"):
@@ -284,6 +286,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         trainset = D.with_targets(trainset, cfg.targets, cfg.targets_mix)
     # Refuse now, not at the first sample; SR crops the normal-light image at 2x the LR crop.
     D.check_crop_fits(trainset.high if sr else trainset.low, cfg.crop * (2 if sr else 1))
+    if cfg.crop == 0 and cfg.batch_size > 1:
+        sizes = {D.whole_frame_size(img) for img in trainset.low}
+        if len(sizes) > 1:
+            raise DFNError(f"{cfg.data}: --crop 0 batches whole frames, which come in {len(sizes)} sizes here "
+                           f"({', '.join(f'{w}x{h}' for h, w in sorted(sizes)[:3])}...); use --batch-size 1")
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)

@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128, help="training crop (SR: the low-resolution side)")
+    p.add_argument("--crop", type=int, default=128,
+                   help="training crop (SR: the low-resolution side); 0: whole frames, so global pooling and "
+                        "BatchNorm see what inference sees (enhancer)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--ssim-weight", type=float, default=1.0, help="lambda in MSE + lambda*(1-SSIM)")
