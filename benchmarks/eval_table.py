@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     sr_rows = []
     if not args.no_sr:
         if not args.no_shipped:
-            row = run_row("deepfusionnet-sr", _shipped_backend("deepfusionnet-sr"), pairs, "lol")
+            sr_backend = _shipped_backend("deepfusionnet-sr")
+            row = run_row("deepfusionnet-sr", sr_backend, pairs, "lol")
             sr_rows.append({"label": "deepfusionnet-sr", **row})
             if not args.no_tta:
-                row = run_row("deepfusionnet-sr", _shipped_backend("deepfusionnet-sr"), pairs, "lol", tta=8)
+                row = run_row("deepfusionnet-sr", sr_backend, pairs, "lol", tta=8)
                 sr_rows.append({"label": "deepfusionnet-sr, self-ensemble x8 (`--tta`)", **row})
         for name, (_, scale, desc) in BASELINES.items():
             if scale == 2:

@@ -119,17 +119,16 @@ def open_enhancer(model: str, backend: str = "default", tile: int = DEFAULT_TILE
                   tta: int = 1, **options) -> Enhancer:
     """Resolve ``model`` (shipped name or file), load it on ``backend`` and wrap it in an :class:`Enhancer`
     (``tta`` > 1: a geometric self-ensemble of that many passes, see :func:`self_ensemble`)."""
-    check_tta(tta)  # before loading anything
     kind = "weights" if backend == "torch" else None
     artifact = resolve(model, kind)
     name = backend_for(artifact, backend)
     be = load_backend(name, artifact.path, **options)
     try:
         check_image_io(be, artifact.path)
+        return Enhancer(be, artifact, tile, overlap, tta)
     except BaseException:
         be.close()
         raise
-    return Enhancer(be, artifact, tile, overlap, tta)
 
 
 def check_image_io(be: Backend, path) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.evaluate import degrade_for_sr  # shared with dfn eval
-from deepfusionnet.runtime.images import read_image
+from deepfusionnet.runtime.images import IMAGE_SUFFIXES, read_image
 from deepfusionnet.runtime.pairs import find_pairs  # torch-free, shared with dfn eval
 from deepfusionnet.train.synthetic import darken
 
@@ -52,8 +52,6 @@ def with_targets(pairs: PairSet, folder: str | Path, mix: float = 1.0) -> PairSe
     folder = Path(folder)
     if not folder.is_dir():
         raise DFNError(f"{folder}: --targets is not a folder")
-    from deepfusionnet.runtime.images import IMAGE_SUFFIXES
-
     by_stem = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     high = []
     for name, hi in zip(pairs.names, pairs.high):

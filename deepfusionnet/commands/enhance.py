@@ -22,6 +22,13 @@ import argparse
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
+def add_tta_argument(p: argparse.ArgumentParser) -> None:
+    """``--tta [N]``, shared by enhance and eval (the values of ``runtime.enhancer.TTA_CHOICES``)."""
+    p.add_argument("--tta", type=int, nargs="?", const=8, default=1, choices=(1, 4, 8), metavar="N",
+                   help="quality mode: average N passes over flipped (4) or flipped and transposed (8) copies "
+                        "of each frame, at N x the time (--tta alone: 8; default 1, one pass)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, videos or live source URIs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -39,9 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="process frames larger than N pixels on a side in overlapping N x N tiles "
                         "(default 1024; 0 = never tile)")
-    p.add_argument("--tta", type=int, nargs="?", const=8, default=1, choices=(1, 4, 8), metavar="N",
-                   help="quality mode: average N passes over flipped (4) or flipped and transposed (8) copies "
-                        "of each frame, at N x the time (--tta alone: 8; default 1, one pass)")
+    add_tta_argument(p)
     p.add_argument("--overlap", type=int, default=32, metavar="PX", help="tile overlap (default: %(default)s)")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop a video or camera after N frames")

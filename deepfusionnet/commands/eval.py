@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from deepfusionnet.commands.enhance import add_tta_argument
+
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
@@ -32,9 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N pairs")
     p.add_argument("--seed", type=int, default=0, help="seed of the SR degradation (default 0)")
     p.add_argument("--tile", type=int, default=1024, help="tile size for large frames (default 1024)")
-    p.add_argument("--tta", type=int, nargs="?", const=8, default=1, choices=(1, 4, 8), metavar="N",
-                   help="geometric self-ensemble: average N passes (4 flips, or 8 with transposes; "
-                        "--tta alone: 8) at N x the work; reported as a separate mode, default 1")
+    add_tta_argument(p)
     p.add_argument("--sheet", metavar="FILE.png", help="write a before / after / ground-truth contact sheet")
     p.add_argument("--sheet-width", type=int, default=240, metavar="PX", help="thumbnail width in the sheet")
 
