@@ -164,7 +164,7 @@ def test_fit_exposure_command_writes_new_weights_and_keeps_the_input(lol_train, 
 
     a, b = load_state(out), load_state(shipped.path)
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)  # same weights, new metadata
-    code = main(["fit-exposure", "deepfusionnet", "--data", str(data), "--val-count", "6",
+    code = main(["fit-exposure", "deepfusionnet", "--data", str(data), "--val-count", "6", "--val-group", "image",
                  "-o", str(tmp_path / "b.safetensors")])
     err = capsys.readouterr().err
     assert code == 1 and "training pairs left after holding out" in err and str(data) in err

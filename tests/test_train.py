@@ -33,8 +33,9 @@ from deepfusionnet.train.weights import load_model, load_state, save_weights  # 
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["100.png", "101.png", "102.png", "103.png", "104.png", "105.png"]
-# 6 pairs, 2 held out -> 4 training pairs; batch 2 -> 2 steps per epoch; crop 32 fits 64x48.
-SMALL = ["--batch-size", "2", "--crop", "32", "--val-count", "2", "--threads", "1"]
+# 6 pairs, 2 held out -> 4 training pairs; batch 2 -> 2 steps per epoch; crop 32 fits 64x48. 101-104 are
+# one re-shot view, which --val-group scene would hold out whole (4 of 6), so these runs group by image.
+SMALL = ["--batch-size", "2", "--crop", "32", "--val-count", "2", "--val-group", "image", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +484,7 @@ def test_ema_batchnorm_statistics_are_those_of_the_averaged_weights(tiny, tmp_pa
     bn.register_forward_hook(lambda mod, inp, _out: seen.append(
         (inp[0].mean(dim=(0, 2, 3)), inp[0].transpose(0, 1).flatten(1).var(dim=1))))
     pairs = D.load_pairs(tiny)
-    trainset = pairs.subset(D.split_validation(pairs, 2, 0)[0])
+    trainset = pairs.subset(D.split_validation(pairs, 2, 0, "image")[0])
     model.train()
     with torch.no_grad():
         for lo in trainset.low:  # every training frame, whole (fewer than the 64 the trainer takes at most)
@@ -531,7 +532,7 @@ def test_targets_train_toward_the_teacher_and_validate_on_the_ground_truth(tiny,
     assert dfn(capsys, *train_args(tiny, out, 4, "--targets", teacher, "--targets-mix", "0.5", "--lr", "1e-3"))[0] == 0
     model, _ = load_model(out / "last.safetensors")
     pairs = D.load_pairs(tiny)
-    train_idx, val_idx = validation_split(pairs, TrainConfig(data=str(tiny), val_count=2))
+    train_idx, val_idx = validation_split(pairs, TrainConfig(data=str(tiny), val_count=2, val_group="image"))
     # Validation in metrics.json is the ground truth's, not the teacher's.
     logged = json.loads((out / "metrics.json").read_text())[-1]["val_psnr"]
     assert logged == pytest.approx(evaluate_model(model, pairs.subset(val_idx), 16)["psnr"], abs=1e-6)
@@ -606,3 +607,60 @@ def test_whole_frame_training_runs_and_refuses_mixed_sizes(tiny, tmp_path, capsy
     assert dfn(capsys, *train_args(mixed, tmp_path / "m1", 1, "--crop", "0", "--batch-size", "1"))[0] == 0
     code, err = dfn(capsys, *train_args(tiny, tmp_path / "sr", 1, "--crop", "0", "--model", "deepfusionnet-sr"))
     assert code == 1 and "enhancer" in err
+
+
+def _look_alikes(images: list[np.ndarray], held: list[int], kept: list[int]) -> np.ndarray:
+    """For each held-out image, its highest correlation with a kept one (48x32 grey thumbnails): an oracle
+    independent of the trainer's own grouping."""
+    t = np.stack([cv2.resize(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), (48, 32), interpolation=cv2.INTER_AREA)
+                  .astype(np.float64).ravel() for im in images])
+    t -= t.mean(axis=1, keepdims=True)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    return (t[held] @ t[kept].T).max(axis=1)
+
+
+def test_scene_grouping_keeps_reshot_views_out_of_training(lol_train):
+    """LOL re-shoots a view at other exposures (or with an object moved), each shot with its own normal-light
+    image: held out by image, many validation frames have a look-alike in training; held out by scene, none."""
+    from deepfusionnet.train import data as D
+
+    pairs = D.load_pairs(lol_train)
+    train_idx, val_idx = D.split_validation(pairs, 40, 0, "image")
+    assert (_look_alikes(pairs.high, val_idx, train_idx) > 0.95).sum() >= 10  # the leak
+    train_idx, val_idx = D.split_validation(pairs, 40, 0, "scene")
+    assert len(val_idx) >= 40 and len(train_idx) + len(val_idx) == len(pairs)
+    assert _look_alikes(pairs.high, val_idx, train_idx).max() < 0.9
+
+
+def test_scene_grouping_of_one_fixed_view_is_a_clear_error(tmp_path, capsys):
+    """Pairs from one fixed camera are one scene: holding out "a few" of them by scene would take them all."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:64]
+    view = np.stack([xx * 3, yy * 4, (xx + yy) * 2], axis=-1).astype(np.float64)
+    for sub in ("low", "high"):
+        (tmp_path / "cam" / sub).mkdir(parents=True)
+    for i in range(8):  # one view, other exposures and noise per shot
+        hi = np.clip(view * rng.uniform(0.8, 1.2) + rng.normal(0, 4, view.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "cam" / "high" / f"{i}.png"), hi)
+        cv2.imwrite(str(tmp_path / "cam" / "low" / f"{i}.png"), (hi // 10).astype(np.uint8))
+    args = ["train", "--data", tmp_path / "cam", "--out", tmp_path / "run", "--epochs", "1",
+            "--batch-size", "2", "--crop", "32", "--val-count", "2", "--threads", "1"]
+    code, err = dfn(capsys, *args)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(tmp_path / "cam") in err and "--val-group image" in err
+    assert dfn(capsys, *args, "--val-group", "image", "--max-steps", "1")[0] == 0
+
+
+def test_a_run_from_before_val_group_resumes_with_its_image_split(tiny, straight, tmp_path, capsys):
+    """config.json without "val_group" was split by image; resuming it with the new default (scene) would
+    change its validation pairs, so that is refused by name."""
+    out = tmp_path / "old"
+    shutil.copytree(straight, out)
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["val_group"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    args = ["train", "--data", tiny, "--out", out, "--epochs", "4", "--batch-size", "2", "--crop", "32",
+            "--val-count", "2", "--threads", "1", "--resume"]
+    code, err = dfn(capsys, *args)
+    assert code == 1 and "val_group: 'image' -> 'scene'" in err and len(err.strip().splitlines()) == 1
+    assert dfn(capsys, *args, "--val-group", "image")[0] == 0

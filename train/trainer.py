@@ -54,6 +54,9 @@ class TrainConfig:
     # Seed of the held-out split alone (None = --seed): runs that differ in --seed (data order, crops,
     # init) can then be compared, and their weights averaged, on the same validation pairs.
     val_seed: int | None = None
+    # How held-out pairs are grouped: "scene" (look-alike normal-light images stay together) or
+    # "image" (only pairs sharing one normal-light image; the only grouping before session 12).
+    val_group: str = "scene"
     checkpoint_minutes: float = 5.0
     init: str | None = None  # start from these weights (e.g. the shipped ones)
     synthetic_prob: float = 0.0
@@ -90,6 +93,8 @@ class TrainConfig:
             raise DFNError("--crop 0 (whole frames) is for the enhancer; the SR model trains on crops")
         if self.epochs < 1 or self.batch_size < 1:
             raise DFNError("--epochs and --batch-size must be positive")
+        if self.val_group not in D.VAL_GROUPS:
+            raise DFNError(f"--val-group must be one of {', '.join(D.VAL_GROUPS)}")
         if self.bf16 not in ("auto", "on", "off"):
             raise DFNError("--bf16 must be auto, on or off")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -108,7 +113,8 @@ _RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out"}  # "out": a
 
 def validation_split(pairs: D.PairSet, cfg: TrainConfig) -> tuple[list[int], list[int]]:
     """(training, held-out) indices of ``pairs`` for ``cfg``: ``val_seed`` when given, else ``seed``."""
-    return D.split_validation(pairs, cfg.val_count, cfg.seed if cfg.val_seed is None else cfg.val_seed)
+    return D.split_validation(pairs, cfg.val_count, cfg.seed if cfg.val_seed is None else cfg.val_seed,
+                              cfg.val_group)
 
 
 def _dist() -> tuple[int, int]:
@@ -138,7 +144,9 @@ def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict:
         raise DFNError(f"{out}: nothing to resume (no checkpoint.pt; was the run started with this --out?)")
     try:
         # An option newer than the run counts as started with its default value.
-        saved_cfg = {**dataclasses.asdict(TrainConfig(data=cfg.data)), **json.loads((out / "config.json").read_text())}
+        saved = json.loads((out / "config.json").read_text())
+        saved.setdefault("val_group", "image")  # runs from before scene grouping held out by image
+        saved_cfg = {**dataclasses.asdict(TrainConfig(data=cfg.data)), **saved}
         if isinstance(saved_cfg.get("bf16"), bool):  # runs from before "auto"
             saved_cfg["bf16"] = "on" if saved_cfg["bf16"] else "off"
     except (OSError, ValueError) as exc:
@@ -275,6 +283,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     ckpt_path = out / "checkpoint.pt"
     spec = get_spec(cfg.model)
     sr = spec.scale == 2
+    # Before the data: a resumed run's options decide its split, so a changed one is named first.
+    state = _load_checkpoint(out, cfg) if resume else None
+    if not resume and ckpt_path.exists():  # checked on every rank, so no rank starts while another refuses
+        raise DFNError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
 
     pairs = D.load_pairs(cfg.data)
     train_idx, val_idx = validation_split(pairs, cfg)
@@ -316,8 +328,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
     epoch, step_in_epoch, best, history, losses = 0, 0, -1.0, [], []
-    if resume:
-        state = _load_checkpoint(out, cfg)
+    if state is not None:
         if state.get("world", 1) != world:  # the data shards, and so the batches, depend on it
             raise DFNError(f"{out}: the run was started with {state.get('world', 1)} process(es), resumed with "
                            f"{world}; resume with the same torchrun --nproc_per_node")
@@ -331,8 +342,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         history = state["history"]
         losses = list(state.get("epoch_losses", []))
         torch.set_rng_state(state["torch_rng"])
-    elif ckpt_path.exists():  # checked on every rank, so no rank starts while another refuses
-        raise DFNError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2).encode())

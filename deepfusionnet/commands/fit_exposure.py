@@ -1,7 +1,7 @@
 """Fit an enhancer's exposure calibration on its training frames and write weights that carry it.
 
 The network runs on each whole training frame (the pairs `dfn train` trained on: the same
---val-count/--seed split, so the held-out pairs stay unseen), and a global gain that depends on the
+--val-count/--seed/--val-group split, so the held-out pairs stay unseen), and a global gain that depends on the
 output's mean brightness is fitted by least squares (deepfusionnet/runtime/exposure.py). The held-out
 pairs are then scored without and with it: keep the calibrated file only if they improve, and check
 on data from the cameras it will serve (on LOL it helped the held-out training scenes, +0.21 dB, and
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from deepfusionnet.commands.train import add_val_group_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="enhancer weights (.safetensors) or a shipped model name")
@@ -25,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-count", type=int, default=12,
                    help="pairs held out in training (as dfn train; default 12)")
     p.add_argument("--seed", type=int, default=0, help="the training run's split seed: its --val-seed, else its --seed (default 0)")
+    add_val_group_argument(p)
     p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--threads", type=int, default=0)
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"threads": args.threads} if args.threads else {}
     enh = open_enhancer(str(source.path), "torch", **options)
     pairs = D.load_pairs(args.data)
-    train_idx, val_idx = D.split_validation(pairs, args.val_count, args.seed)
+    train_idx, val_idx = D.split_validation(pairs, args.val_count, args.seed, args.val_group)
     if len(train_idx) < 8:
         raise DFNError(f"{args.data}: {len(train_idx)} training pairs left after holding out {len(val_idx)}; "
                        "the exposure calibration needs at least 8")
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         if source.path.suffix == ".safetensors" else {}
     save_weights(model, name, out, {**meta, "exposure": exposure.to_json(),
                                     "exposure_fit": f"{len(train_idx)} frames of {args.data}, "
-                                                    f"val-count {args.val_count}, seed {args.seed}"})
+                                                    f"val-count {args.val_count}, seed {args.seed}, "
+                                                    f"val-group {args.val_group}"})
     result = {"output": str(out), "exposure": asdict(exposure), "training_frames": len(train_idx),
               "held_out": held_out}
     if args.json:

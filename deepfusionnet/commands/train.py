@@ -10,6 +10,14 @@ from __future__ import annotations
 import argparse
 
 
+def add_val_group_argument(p: argparse.ArgumentParser) -> None:
+    """--val-group, shared with fit-exposure; the choices are train.data.VAL_GROUPS (not imported here:
+    that module pulls in OpenCV at --help time)."""
+    p.add_argument("--val-group", choices=["scene", "image"], default="scene",
+                   help="hold out whole scenes (look-alike normal-light images together; default) or only "
+                        "pairs sharing one normal-light image (the only grouping before this option)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder of pairs: low/ + high/, LOL-v1 or LOL-v2 layout")
     p.add_argument("--model", default="deepfusionnet", help="deepfusionnet or deepfusionnet-sr")
@@ -30,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-seed", type=int, default=None,
                    help="seed of the held-out split alone (default: --seed); keeps validation "
                         "fixed across seeds")
+    add_val_group_argument(p)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--init", default=None, help="start from these weights (e.g. the shipped model)")
     p.add_argument("--synthetic-prob", type=float, default=0.0, help="share of samples darkened synthetically")
@@ -59,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out or f"runs/{args.model}", model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
         ssim_weight=args.ssim_weight, bf16=args.bf16, val_count=args.val_count, seed=args.seed,
-        val_seed=args.val_seed,
+        val_seed=args.val_seed, val_group=args.val_group,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
         targets=args.targets, targets_mix=args.targets_mix)
