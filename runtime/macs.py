@@ -21,7 +21,8 @@ from pathlib import Path
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.artifacts import file_sha256
 
-_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+# Buffers, not parameters: BatchNorm statistics, and the marker of the SR model with a skip (train/models).
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "sr_skip")
 # TensorProto.DataType values that hold learnable numbers (float, float16, double, bfloat16, int8, uint8).
 _PARAM_DTYPES = {1, 10, 11, 16, 3, 2}
 

@@ -98,7 +98,10 @@ def test_sr_path_degrades_targets_reproducibly(crops2, capsys):
     bic = _json(capsys, ["eval", "baseline:bicubic", "--data", str(crops2), "--json"])
     assert bic["task"] == "sr-x2" and bic["gt_mean"] is None and 20 < bic["psnr"] < 40
     net = _json(capsys, ["eval", "deepfusionnet-sr", "--backend", "torch", "--data", str(crops2), "--json"])
-    assert net["task"] == "sr-x2" and net["images"] == 2 and net["psnr"] > 5
+    assert net["task"] == "sr-x2" and net["images"] == 2
+    # The shipped SR model adds detail to a bilinear upsample: it must beat plain bicubic on real frames
+    # (the paper's block, which rebuilt the colours through its bottleneck, scored 1 dB below it on eval15).
+    assert net["psnr"] > bic["psnr"] and net["ssim"] > bic["ssim"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

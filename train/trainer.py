@@ -309,7 +309,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if cfg.init and not resume:
         from deepfusionnet.runtime.artifacts import resolve
 
-        init_model, _ = load_model(resolve(cfg.init, "weights").path, name=cfg.model)  # a shipped name or a file
+        init_path = resolve(cfg.init, "weights").path  # a shipped name or a file
+        init_model, init_name = load_model(init_path, name=cfg.model)
+        if init_name != cfg.model:  # SR weights from before the skip load as the paper's block
+            raise DFNError(f"{init_path}: holds {init_name} weights; train them on with --model {init_name}")
         model.load_state_dict(init_model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ema = None

@@ -123,6 +123,8 @@ def load_model(path: str | Path, name: str | None = None, default: str | None = 
     model_name = name or saved or default
     if model_name is None:
         model_name = _match_model(path, state)
+    if model_name == "deepfusionnet-sr" and "sr_skip" not in state:
+        model_name = "deepfusionnet-sr-paper"  # SR weights from before the skip (session 12): the paper's block
     model = create_model(model_name)
     problems = _mismatch(model, state)
     if problems:
