@@ -20,7 +20,9 @@ def add_val_group_argument(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder of pairs: low/ + high/, LOL-v1 or LOL-v2 layout")
-    p.add_argument("--model", default="deepfusionnet", help="deepfusionnet, deepfusionnet-sr, or deepfusionnet-sr-paper (the paper's SR block, without the skip)")
+    p.add_argument("--model", default="deepfusionnet",
+                   help="deepfusionnet, deepfusionnet-sr, or deepfusionnet-sr-paper (the paper's SR block, "
+                        "without the skip)")
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
