@@ -334,7 +334,8 @@ def quality(runner: Runner, pairs: list[tuple[Path, Path]]) -> dict:
     for low_p, high_p in pairs:
         low, high = read_image(low_p), read_image(high_p)
         if sr_only:
-            low, high = prepare_pair(low, high, low_p.stem, 2, "lol")
+            # Named as dfn eval names it: the name seeds the degradation, so both score the same inputs.
+            low, high = prepare_pair(low, high, low_p.name, 2, "lol")
         out = runner.run(low)
         if out.shape != high.shape:
             out = cv2.resize(out, (high.shape[1], high.shape[0]), interpolation=cv2.INTER_AREA)

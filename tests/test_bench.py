@@ -137,6 +137,26 @@ def test_quality_and_plot(tiny_dir, lol_eval15, tmp_path):
     assert "| deepfusionnet | 64x64 | onnxruntime | fp32 |" in bench.markdown_table(res)
 
 
+def test_sr_quality_scores_the_inputs_dfn_eval_scores(lol_eval15, tmp_path, capsys):
+    """The SR model is scored on degraded ground truth; the matrix and dfn eval must degrade alike."""
+    from deepfusionnet.runtime.pairs import find_pairs
+
+    pairs = find_pairs(lol_eval15)[:2]
+    for sub, i in (("low", 0), ("high", 1)):
+        (tmp_path / sub).mkdir()
+        for p in pairs:
+            (tmp_path / sub / p[i].name).write_bytes(p[i].read_bytes())
+    runner, _ = bench.open_runner(bench.parse_model_spec("deepfusionnet-sr"), "onnxruntime", "fp32", None)
+    try:
+        q = bench.quality(runner, pairs)
+    finally:
+        runner.close()
+    assert main(["eval", "deepfusionnet-sr", "--data", str(tmp_path), "--backend", "onnxruntime", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert q["images"] == ev["images"] == 2
+    assert abs(q["psnr"] - ev["psnr"]) < 1e-3, (q, ev["psnr"])
+
+
 def test_bad_arguments_are_user_errors(tiny_dir, capsys):
     assert main(["bench", str(tiny_dir / "deepfusionnet.onnx"), "--size", "64by64"]) == 1
     assert main(["bench", str(tiny_dir / "deepfusionnet.onnx"), "--backend", "cuda9"]) == 1

@@ -306,6 +306,22 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_straight_run(tiny, straigh
     assert not no_temporaries(out), no_temporaries(out)
 
 
+def test_val_every_validates_less_often_without_changing_the_training(tiny, straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert dfn(capsys, *train_args(tiny, out, 4, "--val-every", "2", "--max-steps", "3"))[0] == 0
+    # Resumed with another --val-every: a run-control option, like --threads.
+    assert dfn(capsys, *train_args(tiny, out, 4, "--val-every", "3", "--resume"))[0] == 0
+    hist = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in hist if "val_psnr" in r] == [3, 4]  # every 3rd and the last
+    ref = json.loads((straight / "metrics.json").read_text())
+    assert [r["loss"] for r in hist] == [r["loss"] for r in ref]
+    assert [r["val_psnr"] for r in hist if "val_psnr" in r] == [r["val_psnr"] for r in ref[2:]]
+    assert same_weights(out / "last.safetensors", straight / "last.safetensors")
+    code, err = dfn(capsys, *train_args(tiny, tmp_path / "bad", 1, "--val-every", "0"))
+    assert code == 1 and "--val-every" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resume_with_changed_options_is_a_clear_error(tiny, straight, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(straight, out)

@@ -49,6 +49,9 @@ class TrainConfig:
     ssim_weight: float = 1.0
     bf16: str = "auto"  # CPU autocast: on | off | auto (on where the CPU has bf16 hardware; see has_native_bf16)
     val_count: int = 12
+    # Validate every N epochs (and at the last). With an average (--ema) each validation first re-estimates
+    # BatchNorm on whole frames; on LOL that and the 40-frame validation cost about as much as an epoch of
+    # 256-pixel crops, so long from-scratch runs validate less often. Does not change what is learned.
     val_every: int = 1
     seed: int = 0
     # Seed of the held-out split alone (None = --seed): runs that differ in --seed (data order, crops,
@@ -93,6 +96,8 @@ class TrainConfig:
             raise DFNError("--crop 0 (whole frames) is for the enhancer; the SR model trains on crops")
         if self.epochs < 1 or self.batch_size < 1:
             raise DFNError("--epochs and --batch-size must be positive")
+        if self.val_every < 1:
+            raise DFNError("--val-every must be a positive number of epochs")
         if self.val_group not in D.VAL_GROUPS:
             raise DFNError(f"--val-group must be one of {', '.join(D.VAL_GROUPS)}")
         if self.bf16 not in ("auto", "on", "off"):
@@ -108,7 +113,7 @@ class TrainConfig:
 
 
 # Options that may change between a run and its resumption without changing what is learned.
-_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out"}  # "out": a run folder may be moved
+_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out", "val_every"}  # "out": a run folder may be moved
 
 
 def validation_split(pairs: D.PairSet, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -433,17 +438,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             epoch += 1
             step_in_epoch = 0
             row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step), "loss": float(np.mean(losses)) if losses else float("nan")}
-            if rank == 0:
+            # The BatchNorm refresh and last.safetensors wait for a validated epoch; an interrupt or the
+            # last epoch writes them anyway (stop_if_interrupted, and the last epoch always validates).
+            validate_now = epoch % cfg.val_every == 0 or epoch == cfg.epochs or not len(val)
+            if rank == 0 and validate_now:
                 averaged()
-            if rank == 0 and len(val) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-                m = evaluate_model(kept, val, spec.multiple, spec.scale, sr)
-                row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
-                if m["psnr"] > best:
-                    best = m["psnr"]
-                    save_weights(kept, cfg.model, out / "best.safetensors", {"epoch": epoch, "val_psnr": f"{best:.3f}"})
+                if len(val):
+                    m = evaluate_model(kept, val, spec.multiple, spec.scale, sr)
+                    row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
+                    if m["psnr"] > best:
+                        best = m["psnr"]
+                        save_weights(kept, cfg.model, out / "best.safetensors",
+                                     {"epoch": epoch, "val_psnr": f"{best:.3f}"})
+                save_weights(kept, cfg.model, out / "last.safetensors", {"epoch": epoch})
             if rank == 0:
                 history.append(row)
-                save_weights(kept, cfg.model, out / "last.safetensors", {"epoch": epoch})
                 _write_metrics(out, history)
                 print(json.dumps(row), file=sys.stderr, flush=True)
             losses = []
@@ -451,6 +460,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             last_ckpt = time.monotonic()
             stop_if_interrupted(interrupted)
             if cfg.max_steps and global_step >= cfg.max_steps:
+                if rank == 0 and not validate_now:
+                    save_weights(averaged(), cfg.model, out / "last.safetensors", {"epoch": epoch})
                 break
     if world > 1:
         torch.distributed.barrier()

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU bf16 autocast; auto: on only where the CPU has bf16 hardware (AVX512-BF16, AMX, Arm)")
     p.add_argument("--no-bf16", dest="bf16", action="store_const", const="off", help="same as --bf16 off")
     p.add_argument("--val-count", type=int, default=12, help="training pairs held out for validation")
+    p.add_argument("--val-every", type=int, default=1, metavar="N",
+                   help="validate (and refresh last.safetensors) every N epochs and at the last; "
+                        "may change on --resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-seed", type=int, default=None,
                    help="seed of the held-out split alone (default: --seed); keeps validation "
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out or f"runs/{args.model}", model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
-        ssim_weight=args.ssim_weight, bf16=args.bf16, val_count=args.val_count, seed=args.seed,
+        ssim_weight=args.ssim_weight, bf16=args.bf16, val_count=args.val_count, val_every=args.val_every,
+        seed=args.seed,
         val_seed=args.val_seed, val_group=args.val_group,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
