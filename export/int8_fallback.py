@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from deepfusionnet.export.precision import conv_names, conv_stage, int8_from_onnx
+from deepfusionnet.runtime.backends.onnxruntime import exact_int8
 from deepfusionnet.runtime.metrics import psnr
 
 DEFAULT_TARGET_DB = 35.0  # the export parity tolerance is 32 dB worst-frame on other frames: keep a margin
@@ -77,6 +78,7 @@ def run_graph(proto, feeds: list[dict], threads: int | None = None) -> list[np.n
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    exact_int8(so)
     if threads:
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
