@@ -387,9 +387,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             return
         checkpoint(epoch, step_in_epoch, losses)
         if rank == 0:
-            save_weights(averaged(), cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
+            # Said before last.safetensors: with --ema that re-estimates BatchNorm first, which takes a while.
             print(f"checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}; "
-                  "run the same command with --resume to continue", file=sys.stderr, flush=True)
+                  "run the same command with --resume to continue (writing last.safetensors)",
+                  file=sys.stderr, flush=True)
+            save_weights(averaged(), cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
         raise KeyboardInterrupt
 
     with deferred_interrupt() as interrupted:
