@@ -245,6 +245,24 @@ def _mixed_range_graph():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _mixed_range_frames():
+    """A calibration reader over 4 random frames for ``_mixed_range_graph`` and 2 other frames to check on."""
+    rng = np.random.default_rng(1)
+    frames = [{"x": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(6)]
+
+    class Reader:
+        def __init__(self):
+            self._it = iter(frames[:4])
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def rewind(self):
+            self._it = iter(frames[:4])
+
+    return Reader, frames[4:]
+
+
 def test_fallback_checks_frames_it_did_not_calibrate_on(lol_train):
     from deepfusionnet.export.precision import calibration_images
 
@@ -260,20 +278,7 @@ def test_int8_fallback_keeps_the_stage_that_breaks_float():
 
     assert conv_stage("/dec1/convs/convs.0/convs.0.0/Conv") == "dec1" and conv_stage("plain") == "plain"
     proto = _mixed_range_graph()
-    rng = np.random.default_rng(1)
-    frames = [{"x": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(6)]
-
-    class Reader:
-        def __init__(self):
-            self._it = iter(frames[:4])
-
-        def get_next(self):
-            return next(self._it, None)
-
-        def rewind(self):
-            self._it = iter(frames[:4])
-
-    checks = frames[4:]
+    Reader, checks = _mixed_range_frames()
     off = int8_with_fallback(proto, Reader(), checks, "minmax", target_db=0)
     assert off.steps == [] and {"/enc/Conv", "/dec/Conv"}.isdisjoint(off.excluded)
     found = int8_with_fallback(proto, Reader(), checks, "minmax", target_db=35)
@@ -291,29 +296,17 @@ def test_runtime_runs_int8_exactly_on_cpus_without_vnni(tmp_path):
     scores what it computes on every CPU (on VNNI CPUs and elsewhere the check passes either way)."""
     from deepfusionnet.export.int8_fallback import int8_with_fallback
     from deepfusionnet.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from deepfusionnet.runtime.metrics import psnr
 
     proto = _mixed_range_graph()
-    rng = np.random.default_rng(1)
-    frames = [{"x": rng.random((1, 3, 16, 16), dtype=np.float32)} for _ in range(6)]
-
-    class Reader:
-        def __init__(self):
-            self._it = iter(frames[:4])
-
-        def get_next(self):
-            return next(self._it, None)
-
-        def rewind(self):
-            self._it = iter(frames[:4])
-
-    int8 = int8_with_fallback(proto, Reader(), frames[4:], "minmax", exclude=["/dec/Conv"], target_db=0)
+    Reader, checks = _mixed_range_frames()
+    int8 = int8_with_fallback(proto, Reader(), checks, "minmax", exclude=["/dec/Conv"], target_db=0)
     assert "/enc/Conv" not in int8.excluded
     (tmp_path / "f.onnx").write_bytes(proto.SerializeToString())
     (tmp_path / "q.onnx").write_bytes(int8.proto.SerializeToString())
     ref, q = (OnnxRuntimeBackend(tmp_path / n, threads=1).session for n in ("f.onnx", "q.onnx"))
-    for f in frames[4:]:
-        a, b = ref.run(None, f)[0], q.run(None, f)[0]
-        assert 10 * np.log10(1 / max(float(np.mean((a - b) ** 2)), 1e-10)) > 35
+    for f in checks:
+        assert psnr(ref.run(None, f)[0], q.run(None, f)[0]) > 35
 
 
 def test_int8_calibrates_in_chunks_with_the_same_ranges():

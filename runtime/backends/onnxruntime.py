@@ -10,6 +10,7 @@ import numpy as np
 from deepfusionnet.errors import DFNError, native_reason, require
 from deepfusionnet.runtime.backends.base import TensorInfo
 
+
 def exact_int8(so) -> None:
     """Ask ONNX Runtime for exact INT8 convolutions on x86 CPUs without VNNI.
 
