@@ -165,14 +165,22 @@ def test_bf16_autocast_only_where_the_cpu_has_it(tiny, tmp_path, capsys, monkeyp
     assert f"training with {'bf16 autocast' if autocast else 'fp32'}" in err
 
 
-def test_resume_of_a_run_saved_with_a_boolean_bf16(tiny, straight, tmp_path, capsys):
-    out = tmp_path / "old"
-    shutil.copytree(straight, out)
-    cfg = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**cfg, "bf16": False}))  # as runs wrote it before "auto"
-    code, err = dfn(capsys, *train_args(tiny, out, 5, "--resume"))
-    assert code == 1 and "bf16: 'off' -> 'auto'" in err  # read as "off", so asking for auto is a change
-    assert dfn(capsys, *train_args(tiny, out, 4, "--bf16", "off", "--resume"))[0] == 0
+def test_resume_may_change_the_precision_and_says_so(tiny, tmp_path, capsys, monkeypatch):
+    # A run moved to a machine with(out) bf16 hardware: like --threads, --bf16 may change on --resume,
+    # and the checkpoint records which arithmetic the run trained with so far.
+    out = tmp_path / "run"
+    assert dfn(capsys, *train_args(tiny, out, 2, "--bf16", "off", "--max-steps", "1"))[0] == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["autocast"] is False
+    seen = []
+    real = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, enabled=True, **kw: seen.append(enabled) or real(
+        *a, enabled=enabled, **kw))
+    code, err = dfn(capsys, *train_args(tiny, out, 2, "--bf16", "on", "--max-steps", "2", "--resume"))
+    assert code == 0 and seen == [True]
+    assert "note: the run trained with fp32 until now and goes on with bf16 autocast" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["autocast"] is True
+    code, err = dfn(capsys, *train_args(tiny, out, 2, "--bf16", "on", "--resume"))
+    assert code == 0 and seen == [True, True, True] and "note:" not in err
 
 
 def test_freeze_bn_keeps_init_statistics_and_trains_the_rest(tiny, straight, tmp_path, capsys):

@@ -113,7 +113,9 @@ class TrainConfig:
 
 
 # Options that may change between a run and its resumption without changing what is learned.
-_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out", "val_every"}  # "out": a run folder may be moved
+# May change on --resume. "out": a run folder may be moved. "bf16": a run may move to a machine with(out) bf16
+# hardware; like "threads" it changes the arithmetic, not the run, and the checkpoint records which one ran.
+_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out", "val_every", "bf16"}
 
 
 def validation_split(pairs: D.PairSet, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -152,8 +154,6 @@ def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict:
         saved = json.loads((out / "config.json").read_text())
         saved.setdefault("val_group", "image")  # runs from before scene grouping held out by image
         saved_cfg = {**dataclasses.asdict(TrainConfig(data=cfg.data)), **saved}
-        if isinstance(saved_cfg.get("bf16"), bool):  # runs from before "auto"
-            saved_cfg["bf16"] = "on" if saved_cfg["bf16"] else "off"
     except (OSError, ValueError) as exc:
         raise DFNError(f"{out / 'config.json'}: missing or unreadable ({exc})") from None
     diff = [f"{k}: {saved_cfg[k]!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
@@ -361,6 +361,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if rank == 0:  # only once the inputs are known good: a bad run fails with its one error line
         print(f"training with {'bf16 autocast' if bf16 else 'fp32'} on the CPU (--bf16 {cfg.bf16})",
               file=sys.stderr, flush=True)
+        trained_with = state.get("autocast") if state is not None else None
+        if trained_with is not None and trained_with != bf16:
+            print(f"note: the run trained with {'bf16 autocast' if trained_with else 'fp32'} until now and goes on "
+                  f"with {'bf16 autocast' if bf16 else 'fp32'}; --bf16 {'on' if trained_with else 'off'} would keep it",
+                  file=sys.stderr, flush=True)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -370,7 +375,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             return
         _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": ep, "step": st,
                             "best": best, "history": history, "torch_rng": torch.get_rng_state(),
-                            "epoch_losses": list(epoch_losses), "world": world,
+                            "epoch_losses": list(epoch_losses), "world": world, "autocast": bf16,
                             **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
 
     last_ckpt = time.monotonic()
