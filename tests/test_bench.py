@@ -208,3 +208,43 @@ def test_auto_variants_need_passed_parity(tiny_dir):
 def test_machine_info():
     m = machine_info()
     assert m["cores"] >= 1 and isinstance(m["isa"], list) and "numpy" in m["libraries"]
+
+
+def _bf16_ab():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bf16_training
+
+    return bf16_training
+
+
+def test_bf16_training_ab_tables_the_two_runs_epoch_by_epoch(tmp_path):
+    ab = _bf16_ab()
+    arms = {}
+    for name, vals in {"fp32": [(2, 19.0, 0.79), (4, 19.6, 0.80)], "bf16": [(2, 18.5, 0.78), (4, 18.4, 0.79)]}.items():
+        out = tmp_path / name
+        out.mkdir()
+        rows = [{"epoch": 1, "step": 61, "lr": 5e-4, "loss": 0.3}]  # not validated: no row of its own
+        rows += [{"epoch": e, "step": 61 * e, "lr": 5e-4, "loss": 0.2, "val_psnr": p, "val_ssim": s} for e, p, s in vals]
+        (out / "metrics.json").write_text(json.dumps(rows))
+        val = ab.validated(out)
+        arms[name] = {"val": val, "best": max(r["psnr"] for r in val), "wall_s": 10.0, "resumed": name == "bf16"}
+    md = ab.markdown({"epochs": 4, "seed": 0, "machine": {"cpu": "test", "isa": ["avx512_bf16"]}, "arms": arms})
+    assert "| 2 | 19.00 / 0.790 | 18.50 / 0.780 | -0.50 |" in md
+    assert "| 4 | 19.60 / 0.800 | 18.40 / 0.790 | -1.20 |" in md and "| 1 |" not in md
+    assert "- bf16: best 18.50 dB; this invocation 10 s (resumed)" in md
+    cmd = ab.train_command(tmp_path, tmp_path / "fp32", 4, 0, 2, "off")
+    assert cmd[cmd.index("--bf16") + 1] == "off" and "--resume" not in cmd
+    (tmp_path / "fp32" / "checkpoint.pt").touch()  # an interrupted comparison resumes
+    assert "--resume" in ab.train_command(tmp_path, tmp_path / "fp32", 4, 0, 2, "off")
+
+
+def test_bf16_training_ab_refuses_where_bf16_is_emulated(monkeypatch, capsys, tmp_path):
+    from deepfusionnet.runtime import machine
+
+    ab = _bf16_ab()
+    monkeypatch.setattr(machine, "has_native_bf16", lambda: False)
+    monkeypatch.setattr("sys.argv", ["bf16_training.py", "--runs", str(tmp_path / "runs")])
+    assert ab.main() == 1
+    assert "no bf16 hardware" in capsys.readouterr().err and not (tmp_path / "runs").exists()
