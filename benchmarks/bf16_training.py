@@ -35,7 +35,8 @@ ARMS = {"fp32": "off", "bf16": "on"}
 
 def train_command(data: Path, out: Path, epochs: int, seed: int, val_every: int, bf16: str) -> list[str]:
     cmd = [sys.executable, "-m", "deepfusionnet.cli", "train", "--data", str(data), "--out", str(out),
-           "--epochs", str(epochs), "--seed", str(seed), "--val-every", str(val_every), "--bf16", bf16, *RECIPE]
+           "--epochs", str(epochs), "--seed", str(seed), "--val-every", str(val_every), "--bf16", bf16,
+           *RECIPE]
     return cmd + (["--resume"] if (out / "checkpoint.pt").exists() else [])
 
 
@@ -43,7 +44,8 @@ def validated(out: Path) -> list[dict]:
     """The run's validated epochs, from its metrics.json."""
     path = out / "metrics.json"
     rows = json.loads(path.read_text()) if path.exists() else []
-    return [{"epoch": r["epoch"], "psnr": r["val_psnr"], "ssim": r["val_ssim"]} for r in rows if "val_psnr" in r]
+    return [{"epoch": r["epoch"], "psnr": r["val_psnr"], "ssim": r["val_ssim"]}
+            for r in rows if "val_psnr" in r]
 
 
 def markdown(result: dict) -> str:
@@ -53,7 +55,8 @@ def markdown(result: dict) -> str:
     lines = [f"# bf16 autocast vs FP32 training ({result['epochs']} epochs, seed {result['seed']})\n",
              f"Machine: {result['machine']['cpu']}, ISA: {' '.join(result['machine']['isa'])}.\n",
              f"Recipe: `dfn train {' '.join(RECIPE)}`, both runs at the same time.\n",
-             "| epoch | FP32 val PSNR / SSIM | bf16 val PSNR / SSIM | bf16 - FP32 (dB) |", "|---|---|---|---|"]
+             "| epoch | FP32 val PSNR / SSIM | bf16 val PSNR / SSIM | bf16 - FP32 (dB) |",
+             "|---|---|---|---|"]
     for e in epochs:
         f, b = by["fp32"].get(e), by["bf16"].get(e)
         cell = lambda r: f"{r['psnr']:.2f} / {r['ssim']:.3f}" if r else "–"  # noqa: E731
@@ -99,8 +102,9 @@ def main() -> int:
     from deepfusionnet.runtime.machine import has_native_bf16, machine_info
 
     if not has_native_bf16() and not args.force:
-        print("bf16_training: this CPU has no bf16 hardware (AVX512-BF16, AMX, Arm BF16); PyTorch would emulate "
-              "bf16 about 80x slower than FP32, so the comparison belongs on a CPU that has it", file=sys.stderr)
+        print("bf16_training: this CPU has no bf16 hardware (AVX512-BF16, AMX, Arm BF16); PyTorch would "
+              "emulate bf16 about 80x slower than FP32, so the comparison belongs on a CPU that has it",
+              file=sys.stderr)
         return 1
     runs = args.runs / f"seed{args.seed}"
     procs, started, resumed = {}, time.monotonic(), {}
@@ -113,16 +117,19 @@ def main() -> int:
             procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     wall = {}
     try:
-        for name, proc in procs.items():
-            proc.wait()
-            wall[name] = time.monotonic() - started
+        while len(wall) < len(procs):  # each run's own wall time: whichever finishes first
+            for name, proc in procs.items():
+                if name not in wall and proc.poll() is not None:
+                    wall[name] = time.monotonic() - started
+            time.sleep(1)
     except KeyboardInterrupt:  # each run checkpoints on its own Ctrl-C; starting again resumes both
         for proc in procs.values():
             proc.wait()
         return 130
     failed = [name for name, proc in procs.items() if proc.returncode != 0]
     if failed:
-        print(f"bf16_training: the {', '.join(failed)} run failed; see {portable(runs)}/<arm>.log", file=sys.stderr)
+        print(f"bf16_training: the {', '.join(failed)} run failed; see {portable(runs)}/<arm>.log",
+              file=sys.stderr)
         return 1
     arms = {}
     for name in ARMS:

@@ -226,7 +226,8 @@ def test_bf16_training_ab_tables_the_two_runs_epoch_by_epoch(tmp_path):
         out = tmp_path / name
         out.mkdir()
         rows = [{"epoch": 1, "step": 61, "lr": 5e-4, "loss": 0.3}]  # not validated: no row of its own
-        rows += [{"epoch": e, "step": 61 * e, "lr": 5e-4, "loss": 0.2, "val_psnr": p, "val_ssim": s} for e, p, s in vals]
+        rows += [{"epoch": e, "step": 61 * e, "lr": 5e-4, "loss": 0.2, "val_psnr": p, "val_ssim": s}
+                 for e, p, s in vals]
         (out / "metrics.json").write_text(json.dumps(rows))
         val = ab.validated(out)
         arms[name] = {"val": val, "best": max(r["psnr"] for r in val), "wall_s": 10.0, "resumed": name == "bf16"}

@@ -147,7 +147,8 @@ def test_ema_weights_are_the_average_and_resume_exactly(tiny, straight, tmp_path
     (["--bf16", "on"], "on", {"avx2"}, True),
     (["--no-bf16"], "off", {"avx512_bf16"}, False),
 ])
-def test_bf16_autocast_only_when_asked_and_where_the_cpu_has_it(tiny, tmp_path, capsys, monkeypatch, flags, setting, native, autocast):
+def test_bf16_autocast_only_when_asked_and_where_the_cpu_has_it(tiny, tmp_path, capsys, monkeypatch, flags, setting,
+                                                                native, autocast):
     from deepfusionnet.runtime import machine
 
     monkeypatch.setattr(machine, "isa_features", lambda: sorted(native))
@@ -174,8 +175,12 @@ def test_resume_may_change_the_precision_and_says_so(tiny, tmp_path, capsys, mon
     assert torch.load(out / "checkpoint.pt", weights_only=True)["autocast"] is False
     seen = []
     real = torch.autocast
-    monkeypatch.setattr(torch, "autocast", lambda *a, enabled=True, **kw: seen.append(enabled) or real(
-        *a, enabled=enabled, **kw))
+
+    def spy(device_type, *a, enabled=True, **kw):
+        seen.append(enabled)
+        return real(device_type, *a, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
     code, err = dfn(capsys, *train_args(tiny, out, 2, "--bf16", "on", "--max-steps", "2", "--resume"))
     assert code == 0 and seen == [True]
     assert "note: the run trained with fp32 until now and goes on with bf16 autocast" in err
