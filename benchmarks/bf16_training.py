@@ -57,9 +57,12 @@ def markdown(result: dict) -> str:
              f"Recipe: `dfn train {' '.join(RECIPE)}`, both runs at the same time.\n",
              "| epoch | FP32 val PSNR / SSIM | bf16 val PSNR / SSIM | bf16 - FP32 (dB) |",
              "|---|---|---|---|"]
+
+    def cell(r: dict | None) -> str:
+        return f"{r['psnr']:.2f} / {r['ssim']:.3f}" if r else "–"
+
     for e in epochs:
         f, b = by["fp32"].get(e), by["bf16"].get(e)
-        cell = lambda r: f"{r['psnr']:.2f} / {r['ssim']:.3f}" if r else "–"  # noqa: E731
         diff = f"{b['psnr'] - f['psnr']:+.2f}" if f and b else "–"
         lines.append(f"| {e} | {cell(f)} | {cell(b)} | {diff} |")
     lines.append("")
@@ -96,22 +99,20 @@ def main() -> int:
     p.add_argument("--val-every", type=int, default=2)
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "bf16-ab")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--force", action="store_true", help="run even where bf16 is emulated (tests only)")
     args = p.parse_args()
 
-    from deepfusionnet.runtime.machine import has_native_bf16, machine_info
+    from deepfusionnet.runtime.machine import has_native_bf16, machine_key
 
-    if not has_native_bf16() and not args.force:
+    if not has_native_bf16():
         print("bf16_training: this CPU has no bf16 hardware (AVX512-BF16, AMX, Arm BF16); PyTorch would "
               "emulate bf16 about 80x slower than FP32, so the comparison belongs on a CPU that has it",
               file=sys.stderr)
         return 1
     runs = args.runs / f"seed{args.seed}"
+    runs.mkdir(parents=True, exist_ok=True)
     procs, started, resumed = {}, time.monotonic(), {}
     for name, flag in ARMS.items():
-        out = runs / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = train_command(args.data, out, args.epochs, args.seed, args.val_every, flag)
+        cmd = train_command(args.data, runs / name, args.epochs, args.seed, args.val_every, flag)
         resumed[name] = "--resume" in cmd
         with open(runs / f"{name}.log", "a") as log:
             procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -136,16 +137,15 @@ def main() -> int:
         val = validated(runs / name)
         arms[name] = {"val": val, "best": max(r["psnr"] for r in val), "wall_s": wall[name],
                       "resumed": resumed[name], "run": portable(runs / name)}
-    m = machine_info()
     result = {"epochs": args.epochs, "seed": args.seed, "recipe": RECIPE, "data": portable(args.data),
-              "machine": {"cpu": m["cpu"], "cores": m["cores"], "isa": m["isa"], "libraries": m["libraries"]},
-              "arms": arms}
+              "machine": machine_key(), "arms": arms}
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / "bf16_training"
+    md = markdown(result)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    stem.with_suffix(".md").write_text(md)
     plot(result, stem.with_suffix(".png"))
-    print(markdown(result))
+    print(md)
     return 0
 
 

@@ -140,6 +140,20 @@ def test_ema_weights_are_the_average_and_resume_exactly(tiny, straight, tmp_path
     assert (out / "metrics.csv").read_text() == (ema / "metrics.csv").read_text()
 
 
+@pytest.fixture
+def autocast_calls(monkeypatch) -> list[bool]:
+    """The ``enabled`` flag of every ``torch.autocast`` the trainer enters, in order."""
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, *a, enabled=True, **kw):
+        seen.append(enabled)
+        return real(device_type, *a, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    return seen
+
+
 @pytest.mark.parametrize("flags,setting,native,autocast", [
     ([], "off", {"avx2", "avx512_bf16"}, False),  # FP32 by default: it trained better (docs/training.md)
     (["--bf16", "auto"], "auto", {"avx2", "avx512_bf16"}, True),
@@ -147,46 +161,31 @@ def test_ema_weights_are_the_average_and_resume_exactly(tiny, straight, tmp_path
     (["--bf16", "on"], "on", {"avx2"}, True),
     (["--no-bf16"], "off", {"avx512_bf16"}, False),
 ])
-def test_bf16_autocast_only_when_asked_and_where_the_cpu_has_it(tiny, tmp_path, capsys, monkeypatch, flags, setting,
-                                                                native, autocast):
+def test_bf16_autocast_only_when_asked_and_where_the_cpu_has_it(tiny, tmp_path, capsys, monkeypatch,
+                                                                autocast_calls, flags, setting, native, autocast):
     from deepfusionnet.runtime import machine
 
     monkeypatch.setattr(machine, "isa_features", lambda: sorted(native))
-    seen = []
-    real = torch.autocast
-
-    def spy(device_type, *a, enabled=True, **kw):
-        seen.append(enabled)
-        return real(device_type, *a, enabled=enabled, **kw)
-
-    monkeypatch.setattr(torch, "autocast", spy)
     code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--max-steps", "1", *flags))
     assert code == 0
-    assert seen == [autocast]
+    assert autocast_calls == [autocast]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["bf16"] == setting
     assert f"training with {'bf16 autocast' if autocast else 'fp32'}" in err
 
 
-def test_resume_may_change_the_precision_and_says_so(tiny, tmp_path, capsys, monkeypatch):
+def test_resume_may_change_the_precision_and_says_so(tiny, tmp_path, capsys, autocast_calls):
     # A run moved to a machine with(out) bf16 hardware: like --threads, --bf16 may change on --resume,
     # and the checkpoint records which arithmetic the run trained with so far.
     out = tmp_path / "run"
     assert dfn(capsys, *train_args(tiny, out, 2, "--bf16", "off", "--max-steps", "1"))[0] == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["autocast"] is False
-    seen = []
-    real = torch.autocast
-
-    def spy(device_type, *a, enabled=True, **kw):
-        seen.append(enabled)
-        return real(device_type, *a, enabled=enabled, **kw)
-
-    monkeypatch.setattr(torch, "autocast", spy)
+    autocast_calls.clear()  # the fp32 start above
     code, err = dfn(capsys, *train_args(tiny, out, 2, "--bf16", "on", "--max-steps", "2", "--resume"))
-    assert code == 0 and seen == [True]
+    assert code == 0 and autocast_calls == [True]
     assert "note: the run trained with fp32 until now and goes on with bf16 autocast" in err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["autocast"] is True
     code, err = dfn(capsys, *train_args(tiny, out, 2, "--bf16", "on", "--resume"))
-    assert code == 0 and seen == [True, True, True] and "note:" not in err
+    assert code == 0 and autocast_calls == [True, True, True] and "note:" not in err
 
 
 def test_freeze_bn_keeps_init_statistics_and_trains_the_rest(tiny, straight, tmp_path, capsys):

@@ -114,9 +114,9 @@ class TrainConfig:
             raise DFNError("--targets applies to the enhancer; the SR model's targets are the normal-light images")
 
 
-# Options that may change between a run and its resumption without changing what is learned.
-# May change on --resume. "out": a run folder may be moved. "bf16": a run may move to a machine with(out) bf16
-# hardware; like "threads" it changes the arithmetic, not the run, and the checkpoint records which one ran.
+# Options that may change between a run and its resumption without changing what is learned. "out": a run
+# folder may be moved. "bf16": a run may move to a machine with(out) bf16 hardware; like "threads" it changes
+# the arithmetic, not the run, and the checkpoint records which one ran.
 _RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out", "val_every", "bf16"}
 
 
@@ -361,12 +361,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and has_native_bf16())
     if rank == 0:  # only once the inputs are known good: a bad run fails with its one error line
-        print(f"training with {'bf16 autocast' if bf16 else 'fp32'} on the CPU (--bf16 {cfg.bf16})",
-              file=sys.stderr, flush=True)
+        arithmetic = {True: "bf16 autocast", False: "fp32"}
+        print(f"training with {arithmetic[bf16]} on the CPU (--bf16 {cfg.bf16})", file=sys.stderr, flush=True)
         trained_with = state.get("autocast") if state is not None else None
         if trained_with is not None and trained_with != bf16:
-            print(f"note: the run trained with {'bf16 autocast' if trained_with else 'fp32'} until now and goes on "
-                  f"with {'bf16 autocast' if bf16 else 'fp32'}; --bf16 {'on' if trained_with else 'off'} would keep it",
+            print(f"note: the run trained with {arithmetic[trained_with]} until now and goes on with "
+                  f"{arithmetic[bf16]}; --bf16 {'on' if trained_with else 'off'} would keep it",
                   file=sys.stderr, flush=True)
     net = model
     if world > 1:
