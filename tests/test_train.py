@@ -155,7 +155,7 @@ def autocast_calls(monkeypatch) -> list[bool]:
 
 
 @pytest.mark.parametrize("flags,setting,native,autocast", [
-    ([], "off", {"avx2", "avx512_bf16"}, False),  # FP32 by default: it trained better (docs/training.md)
+    ([], "off", {"avx2", "avx512_bf16"}, False),  # FP32 by default (docs/training.md)
     (["--bf16", "auto"], "auto", {"avx2", "avx512_bf16"}, True),
     (["--bf16", "auto"], "auto", {"avx2", "fma"}, False),  # AVX2-only CPU: bf16 autocast measured 80x slower
     (["--bf16", "on"], "on", {"avx2"}, True),

@@ -47,8 +47,9 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine
     min_lr: float = 1e-6
     ssim_weight: float = 1.0
-    # CPU autocast: on | off | auto (on where the CPU has bf16 hardware; see has_native_bf16). Off by default:
-    # a from-scratch run in FP32 validated about 1.3 dB above the same recipe under bf16 (docs/training.md).
+    # CPU autocast: on | off | auto (on where the CPU has bf16 hardware; see has_native_bf16). Off by default
+    # until a second seed confirms the one controlled A/B (no quality cost, docs/benchmarks.md), and FP32
+    # kernels keep resumed runs bitwise equal to straight ones.
     bf16: str = "off"
     val_count: int = 12
     # Validate every N epochs (and at the last). With an average (--ema) each validation first re-estimates

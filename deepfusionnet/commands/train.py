@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--ssim-weight", type=float, default=1.0, help="lambda in MSE + lambda*(1-SSIM)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="off",
-                   help="CPU bf16 autocast (default off: FP32 trained better, docs/training.md); auto: on only where "
-                        "the CPU has bf16 hardware (AVX512-BF16, AMX, Arm), about 1.6x faster; may change on --resume")
+                   help="CPU bf16 autocast (default off); auto: on only where the CPU has bf16 hardware (AVX512-BF16, "
+                        "AMX, Arm), 1.5-1.6x faster at FP32's quality (docs/benchmarks.md); may change on --resume")
     p.add_argument("--no-bf16", dest="bf16", action="store_const", const="off", help="same as --bf16 off")
     p.add_argument("--val-count", type=int, default=12, help="training pairs held out for validation")
     p.add_argument("--val-every", type=int, default=1, metavar="N",
