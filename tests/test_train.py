@@ -661,6 +661,19 @@ def test_scene_grouping_keeps_reshot_views_out_of_training(lol_train):
     assert _look_alikes(pairs.high, val_idx, train_idx).max() < 0.9
 
 
+def test_the_two_validation_splits_are_crossed(lol_train):
+    """Each 40-pair split is almost all training frames of the other split's runs, which is why
+    benchmarks/cross_split.py compares lineages on the mean over both rather than on either one."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import cross_split
+
+    held, overlap = cross_split.crossed_splits(lol_train)
+    assert len(held["image40"]) == 40 and len(held["scene40"]) >= 40
+    assert len(set(held["image40"]) & set(held["scene40"])) <= 2
+    assert overlap["scene40"]["trained_by_image40_runs"] >= 35
+    assert overlap["image40"]["trained_by_scene40_runs"] >= 35
+
+
 def test_scene_grouping_of_one_fixed_view_is_a_clear_error(tmp_path, capsys):
     """Pairs from one fixed camera are one scene: holding out "a few" of them by scene would take them all."""
     rng = np.random.default_rng(0)
