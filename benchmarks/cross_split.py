@@ -29,18 +29,20 @@ from portable_paths import portable  # benchmarks/ is on sys.path when run as a 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "lol-v1" / "train"
 OUT = REPO / "benchmarks" / "results"
-SPLITS = {"image40": "image", "scene40": "scene"}  # name -> --val-group, both --val-count 40 --val-seed 0
+COUNT, SEED = 40, 0  # --val-count, --val-seed of both splits
+SPLITS = {"image40": "image", "scene40": "scene"}  # name -> --val-group
 
 
-def crossed_splits(data: Path, count: int = 40, seed: int = 0) -> tuple[dict[str, list[int]], dict]:
+def crossed_splits(data: Path) -> tuple[dict[str, list[int]], dict]:
     """Held-out indices of both splits, and how much of each the other split's runs trained on."""
     pairs = load_pairs(data)
     held, trained = {}, {}
     for name, group in SPLITS.items():
-        trained[name], held[name] = split_validation(pairs, count, seed=seed, group=group)
+        trained[name], held[name] = split_validation(pairs, COUNT, seed=SEED, group=group)
     labels = scene_labels(pairs.high)
     overlap = {}
-    for name, other in (("image40", "scene40"), ("scene40", "image40")):
+    for name in SPLITS:
+        other = next(n for n in SPLITS if n != name)
         seen = set(trained[other])
         seen_scenes = {int(labels[i]) for i in seen}
         overlap[name] = {"frames": len(held[name]),
@@ -80,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
 
     record = {"data": portable(args.data), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "splits": {k: f"--val-group {v} --val-count 40 --val-seed 0" for k, v in SPLITS.items()},
+              "splits": {k: f"--val-group {v} --val-count {COUNT} --val-seed {SEED}" for k, v in SPLITS.items()},
               "overlap": overlap, "models": rows}
-    lines = ["LOL-v1 train, the two 40-pair validation splits (`--val-count 40 --val-seed 0`, "
+    lines = [f"LOL-v1 train, the two {COUNT}-pair validation splits (`--val-count {COUNT} --val-seed {SEED}`, "
              "`--val-group image` and `scene`), full frames, RGB PSNR / SSIM as `dfn eval`. "
              f"image40: {overlap['image40']['trained_by_scene40_runs']} of 40 are training frames of the "
              f"scene-split runs; scene40: {overlap['scene40']['trained_by_image40_runs']} of 40 are training "
