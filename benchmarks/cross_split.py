@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             m.close()
         row["mean80"] = {k: sum(row[s][k] for s in SPLITS) / len(SPLITS) for k in ("psnr", "ssim")}
         row["per_image"] = per_image
-        print(f"{row['model']:<40} image40 {row['image40']['psnr']:.3f}  scene40 {row['scene40']['psnr']:.3f}  "
-              f"mean80 {row['mean80']['psnr']:.3f} / {row['mean80']['ssim']:.4f}", file=sys.stderr)
+        print(f"{row['model']:<40} " + "  ".join(f"{s} {row[s]['psnr']:.3f}" for s in SPLITS)
+              + f"  mean80 {row['mean80']['psnr']:.3f} / {row['mean80']['ssim']:.4f}", file=sys.stderr)
         rows.append(row)
 
     record = {"data": portable(args.data), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
              "| Model | image40 PSNR / SSIM | scene40 PSNR / SSIM | mean of both |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join(f"{r[s]['psnr']:.2f} / {r[s]['ssim']:.3f}"
-                                                      for s in ("image40", "scene40", "mean80")) + " |")
+                                                      for s in (*SPLITS, "mean80")) + " |")
     atomic_write_bytes(args.out / "cross_split.json", json.dumps(record, indent=1).encode())
     atomic_write_bytes(args.out / "cross_split.md", ("\n".join(lines) + "\n").encode())
     print(f"wrote {args.out / 'cross_split.md'} and cross_split.json", file=sys.stderr)
