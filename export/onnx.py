@@ -77,10 +77,15 @@ def simplify(proto):
     except ImportError:
         return proto
     try:
-        return onnxslim.slim(proto)
+        slim = onnxslim.slim(proto)
     except Exception as exc:  # a simplifier bug must not block an export that is valid without it
         warnings.warn(f"onnxslim failed ({exc}); keeping the unsimplified graph", stacklevel=2)
         return proto
+    # onnxslim (0.1.98) repeats each tensor's value_info a hash-seed-dependent number of times, so the same
+    # weights gave a different file on every run (SR FP32: 0.55-0.69 MB). Shapes are re-inferred once, in
+    # node order, so an export is byte-for-byte repeatable.
+    del slim.graph.value_info[:]
+    return require("onnx", "export").shape_inference.infer_shapes(slim)
 
 
 def fix_input_size(proto, width: int, height: int):

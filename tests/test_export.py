@@ -458,6 +458,25 @@ def test_export_refuses_bad_arguments(tmp_path):
         export_model("nosuchmodel", tmp_path / "a.onnx")
 
 
+def test_simplified_export_is_byte_for_byte_repeatable(tmp_path):
+    """The same weights give the same file in fresh processes (onnxslim's value_info once varied with the hash seed)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; "
+            "from deepfusionnet.export.pipeline import ExportOptions, export_model; "
+            "export_model('deepfusionnet-sr', Path(sys.argv[1]), ExportOptions(size=None, check=False))")
+    graphs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"sr-{seed}.onnx"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        graphs.append(out.read_bytes())
+    assert graphs[0] == graphs[1]
+    names = [v.name for v in onnx.load_from_string(graphs[0]).graph.value_info]
+    assert names and len(names) == len(set(names))
+
+
 def test_cli_export_writes_graph_sidecar_and_checks(tmp_path, samples, capsys):
     from deepfusionnet.cli import main
 
