@@ -82,22 +82,25 @@ def simplify(proto):
         warnings.warn(f"onnxslim failed ({exc}); keeping the unsimplified graph", stacklevel=2)
         return proto
     # onnxslim (0.1.98) repeats each tensor's value_info a hash-seed-dependent number of times, so the same
-    # weights gave a different file on every run (SR FP32: 0.55-0.69 MB). Shapes are re-inferred once, in
-    # node order, so an export is byte-for-byte repeatable.
-    del slim.graph.value_info[:]
-    return require("onnx", "export").shape_inference.infer_shapes(slim)
+    # weights gave a different file on every run (SR FP32: 0.55-0.69 MB); re-inferring makes it repeatable.
+    return reinfer_shapes(slim)
+
+
+def reinfer_shapes(proto, strict: bool = False):
+    """Drop every value_info and infer the shapes once, in node order (the same graph gives the same bytes)."""
+    onnx = require("onnx", "export")
+    del proto.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(proto, strict_mode=strict)
 
 
 def fix_input_size(proto, width: int, height: int):
     """Pin the input to ``1x3xHxW`` (ONNX Runtime's make_input_shape_fixed) and re-infer every shape."""
-    onnx = require("onnx", "export")
     from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
 
     make_input_shape_fixed(proto.graph, INPUT, [1, 3, height, width])
     for out in proto.graph.output:  # output dims are re-derived by shape inference
         out.type.tensor_type.ClearField("shape")
-    del proto.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    return reinfer_shapes(proto, strict=True)
 
 
 def io_info(proto) -> dict:
