@@ -1,15 +1,31 @@
-"""The paper's hybrid loss: MSE + lambda * (1 - SSIM), SSIM Gaussian 11x11, sigma 1.5, data range 1."""
+"""The paper's hybrid loss: pixel term + lambda * (1 - SSIM), SSIM Gaussian 11x11, sigma 1.5, data range 1."""
 
 from __future__ import annotations
 
 import torch
 
+PIXEL_LOSSES = ("mse", "charbonnier")
+CHARBONNIER_EPS = 1e-3  # as in MPRNet/Restormer: about L1 above a few grey levels, smooth at 0
 
-def mse_ssim_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+
+def hybrid_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = 1.0,
+                pixel: str = "mse") -> tuple[torch.Tensor, dict]:
+    """``pixel(pred, target) + ssim_weight * (1 - SSIM)``; ``pixel`` is the paper's MSE or Charbonnier (robust L1).
+
+    Charbonnier grows linearly with the error, so a frame whose exposure the content cannot predict
+    (LOL's ground truth varies scene to scene) pulls on the weights no harder than a well-exposed one.
+    """
     from pytorch_msssim import ssim
 
     pred, target = pred.float(), target.float()
-    mse = torch.mean((pred - target) ** 2)
+    diff2 = (pred - target) ** 2
+    mse = torch.mean(diff2)
+    if pixel == "mse":
+        term = mse
+    elif pixel == "charbonnier":
+        term = torch.mean(torch.sqrt(diff2 + CHARBONNIER_EPS**2))
+    else:
+        raise ValueError(f"unknown pixel loss {pixel!r}; choose one of {PIXEL_LOSSES}")
     s = ssim(pred, target, data_range=1.0, size_average=True, win_size=11, win_sigma=1.5)
-    loss = mse + ssim_weight * (1.0 - s)
+    loss = term + ssim_weight * (1.0 - s)
     return loss, {"mse": float(mse.detach()), "ssim": float(s.detach())}

@@ -28,7 +28,7 @@ from deepfusionnet.runtime.machine import has_native_bf16
 from deepfusionnet.runtime.metrics import psnr, ssim
 from deepfusionnet.runtime.processing import crop, pad_to_multiple, to_image, to_tensor
 from deepfusionnet.train import data as D
-from deepfusionnet.train.losses import mse_ssim_loss
+from deepfusionnet.train.losses import PIXEL_LOSSES, hybrid_loss
 from deepfusionnet.train.models import create_model, get_spec
 from deepfusionnet.train.weights import load_model, save_weights
 
@@ -47,6 +47,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine
     min_lr: float = 1e-6
     ssim_weight: float = 1.0
+    pixel_loss: str = "mse"  # mse (the paper) | charbonnier (robust L1); the pixel term of the loss
     # CPU autocast: on | off | auto (on where the CPU has bf16 hardware; see has_native_bf16). Off by default
     # until a second seed confirms the one controlled A/B (no quality cost, docs/benchmarks.md), and FP32
     # kernels keep resumed runs bitwise equal to straight ones.
@@ -103,6 +104,8 @@ class TrainConfig:
             raise DFNError("--val-every must be a positive number of epochs")
         if self.val_group not in D.VAL_GROUPS:
             raise DFNError(f"--val-group must be one of {', '.join(D.VAL_GROUPS)}")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise DFNError(f"--pixel-loss must be one of {', '.join(PIXEL_LOSSES)}")
         if self.bf16 not in ("auto", "on", "off"):
             raise DFNError("--bf16 must be auto, on or off")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -424,7 +427,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     g["lr"] = lr_at(global_step)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     pred = net(x)
-                loss, parts = mse_ssim_loss(pred, y, cfg.ssim_weight)
+                loss, parts = hybrid_loss(pred, y, cfg.ssim_weight, cfg.pixel_loss)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

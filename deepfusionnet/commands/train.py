@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "BatchNorm see what inference sees (enhancer)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--ssim-weight", type=float, default=1.0, help="lambda in MSE + lambda*(1-SSIM)")
+    p.add_argument("--ssim-weight", type=float, default=1.0, help="lambda in PIXEL + lambda*(1-SSIM)")
+    p.add_argument("--pixel-loss", choices=["mse", "charbonnier"], default="mse",
+                   help="pixel term of the loss: mse (the paper, default) or charbonnier (robust L1)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="off",
                    help="CPU bf16 autocast (default off); auto: on only where the CPU has bf16 hardware (AVX512-BF16, "
                         "AMX, Arm), 1.5-1.6x faster at FP32's quality (docs/benchmarks.md); may change on --resume")
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out or f"runs/{args.model}", model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
-        ssim_weight=args.ssim_weight, bf16=args.bf16, val_count=args.val_count, val_every=args.val_every,
+        ssim_weight=args.ssim_weight, pixel_loss=args.pixel_loss, bf16=args.bf16, val_count=args.val_count, val_every=args.val_every,
         seed=args.seed,
         val_seed=args.val_seed, val_group=args.val_group,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
