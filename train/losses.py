@@ -10,7 +10,7 @@ CHARBONNIER_EPS = 1e-3  # as in MPRNet/Restormer: about L1 above a few grey leve
 
 def hybrid_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = 1.0,
                 pixel: str = "mse") -> tuple[torch.Tensor, dict]:
-    """``pixel(pred, target) + ssim_weight * (1 - SSIM)``; ``pixel`` is the paper's MSE or Charbonnier (robust L1).
+    """``pixel(pred, target) + ssim_weight * (1 - SSIM)``, pixel: the paper's MSE or Charbonnier (robust L1).
 
     Charbonnier grows linearly with the error, so a frame whose exposure the content cannot predict
     (LOL's ground truth varies scene to scene) pulls on the weights no harder than a well-exposed one.
