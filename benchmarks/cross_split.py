@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
              f"image40: {overlap['image40']['trained_by_scene40_runs']} of 40 are training frames of the "
              f"scene-split runs; scene40: {overlap['scene40']['trained_by_image40_runs']} of 40 are training "
              "frames of the image-split runs (the shipped lineage).", "",
-             "| Model | " + " | ".join(f"{s} PSNR / SSIM" for s in SPLITS) + " | mean of both |", "|---" * (len(SPLITS) + 2) + "|"]
+             "| Model | " + " | ".join(f"{s} PSNR / SSIM" for s in SPLITS) + " | mean of both |",
+             "|---" * (len(SPLITS) + 2) + "|"]
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join(f"{r[s]['psnr']:.2f} / {r[s]['ssim']:.3f}"
                                                       for s in (*SPLITS, "mean80")) + " |")

@@ -7,7 +7,10 @@ Graphs are exported once per session (dynamic H/W, no built-in check) and reused
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -460,10 +463,6 @@ def test_export_refuses_bad_arguments(tmp_path):
 
 def test_simplified_export_is_byte_for_byte_repeatable(tmp_path):
     """The same weights give the same file in fresh processes (onnxslim's value_info once varied with the hash seed)."""
-    import os
-    import subprocess
-    import sys
-
     code = ("import sys; from pathlib import Path; "
             "from deepfusionnet.export.pipeline import ExportOptions, export_model; "
             "export_model('deepfusionnet-sr', Path(sys.argv[1]), ExportOptions(size=None, check=False))")

@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--ssim-weight", type=float, default=1.0, help="lambda in PIXEL + lambda*(1-SSIM)")
+    # choices: train.losses.PIXEL_LOSSES, not imported here (the train package needs torch at --help time)
     p.add_argument("--pixel-loss", choices=["mse", "charbonnier"], default="mse",
                    help="pixel term of the loss: mse (the paper, default) or charbonnier (robust L1)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="off",
