@@ -77,9 +77,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out or f"runs/{args.model}", model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
         ssim_weight=args.ssim_weight, pixel_loss=args.pixel_loss, bf16=args.bf16, val_count=args.val_count,
-        val_every=args.val_every,
-        seed=args.seed,
-        val_seed=args.val_seed, val_group=args.val_group,
+        val_every=args.val_every, seed=args.seed, val_seed=args.val_seed, val_group=args.val_group,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
         targets=args.targets, targets_mix=args.targets_mix)
