@@ -90,7 +90,7 @@ def export_with_module(name: str, prec: str, out: Path) -> None:
     if prec == "fp16":
         proto, kept = dfn_precision.fp16_from_onnx(proto)[:2]
     elif prec == "int8":
-        paths = dfn_precision.calibration_images(dfn_precision.default_calibration_dir(), 32)
+        paths = dfn_precision.calibration_images(EVAL15.parent / "train" / ("high" if scale > 1 else "low"), 32)
         reader = dfn_precision.calibration_reader(paths, "input", 600, 400, multiple)
         proto, kept = dfn_precision.int8_from_onnx(proto, reader)[:2]
     else:

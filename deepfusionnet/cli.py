@@ -8,6 +8,7 @@ line on stderr and exit code 1 (no traceback); ``--json`` puts machine-readable 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import json
@@ -17,6 +18,7 @@ import sys
 
 from deepfusionnet import __version__
 from deepfusionnet.errors import DFNError
+from deepfusionnet.options import check_numeric_options
 
 # name -> (module, one-line help, extra it needs)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -28,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit-exposure": ("deepfusionnet.commands.fit_exposure",
                      "fit an enhancer's exposure calibration on its training frames", "train"),
     "export": ("deepfusionnet.commands.export", "export FP32/FP16/INT8 ONNX with a parity check", "export"),
+    "check": ("deepfusionnet.commands.check", "check an ONNX graph against TensorRT 10/11 conformance rules",
+              "export"),
     "parity": ("deepfusionnet.commands.parity", "compare two models/artifacts on a data set", "base"),
     "build": ("deepfusionnet.commands.build", "build a TensorRT engine from an ONNX graph", "trt"),
 }
@@ -44,8 +48,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on a usage error; here 2 means "some inputs of a batch failed", so use 1."""
 
     def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(1, f"{self.prog}: error: {message}\n")
+        # One line, like every other error: argparse's usage block would bury it (--help shows usage).
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # OS errors that are about the user's files or machine (not a bug): one line, exit 1.
@@ -72,13 +76,48 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text + needs, description=(mod.__doc__ or help_text).strip() + needs,
                            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        check_numeric_options(p, name)
         p.set_defaults(_module=mod)
     return parser
 
 
+@contextlib.contextmanager
+def library_warnings_to_log():
+    """Python warnings from libraries (Pillow's "Corrupt EXIF data", deprecation notes) go to the
+    ``deepfusionnet`` log at debug level instead of the terminal: a file that decodes fine needs no such
+    noise, and one that does not gets our one-line error. ``DFN_DEBUG=1`` shows that log on stderr."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("deepfusionnet")
+    if os.environ.get("DFN_DEBUG") and not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("debug: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+
+    def to_log(message, category, filename, lineno, file=None, line=None):
+        log.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    previous = warnings.showwarning
+    warnings.showwarning = to_log
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
+    with library_warnings_to_log():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (its one line is printed), --help or --version
+        return exc.code if isinstance(exc.code, int) else 0
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 1

@@ -32,18 +32,23 @@ def require(module: str, extra: str, what: str | None = None):
 
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:\s*)?")
+_OV_CHECK = re.compile(r"^Check '.*?' failed at \S+:\d+:?\s*")  # OpenVINO's assertion and its location
 _CPP_WHERE = re.compile(r"\S*\.(?:cc|cpp|cxx|h|hpp):\d+\s+(?:[\w:~<>,&*]+(?:\s[\w:~<>,&*]+)*\(.*\)\s+)?")
 
 
 def native_reason(exc: BaseException, limit: int = 300) -> str:
-    """The human part of a native library's exception text (ONNX Runtime, OpenVINO, TensorRT).
+    """The human part of a native library's exception text (ONNX Runtime, OpenVINO, TensorRT), on one line.
 
     Their messages put C++ source locations and function signatures before the reason ("Unsupported
-    model IR version: 99, ..."), so keep the last line without those, and when it is still too long,
-    its end rather than its start.
+    model IR version: 99, ...") and may spread the reason over lines (ONNX Runtime's "Got invalid
+    dimensions for input: input for the following indices / index: 2 Got: 400 Expected: 480"), so
+    drop those locations from every line, join what is left, and when it is still too long keep its end
+    rather than its start.
     """
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__
-    text = _CPP_WHERE.sub("", _ORT_PREFIX.sub("", lines[-1])).strip() or lines[-1]
+    kept = [_CPP_WHERE.sub("", _OV_CHECK.sub("", _ORT_PREFIX.sub("", ln))).strip() for ln in lines]
+    kept = [ln for ln in kept if ln and not ln.startswith("Exception from src/")] or lines[-1:]
+    text = " ".join(kept)
     return text if len(text) <= limit else "..." + text[-limit:]

@@ -1,25 +1,23 @@
 """Accuracy-driven INT8 fallback: keep whole network stages float until the INT8 graph tracks FP32.
 
-Which stage outgrows INT8 differs between two fine-tunes of the same network (session 9: the decoder
-stage that reads the bottleneck in one, the next one up in another; the input-side encoder stage on the
-darkest frames), so no fixed exclusion list holds for users' own weights. This is the search that
-TensorRT users run by hand with Polygraphy's ``debug precision``, done on the ONNX Q/DQ graph with
-ONNX Runtime on the CPU:
+Which stage outgrows INT8 differs between two fine-tunes of the same network, so no fixed exclusion list
+holds for users' own weights. This is the search TensorRT users run by hand with Polygraphy's
+``debug precision``, done on the ONNX Q/DQ graph with ONNX Runtime on the CPU:
 
 1. quantize with the structural exclusions, calibrating once (ONNX Runtime's calibration cache makes
-   every later quantization of the same graph a few seconds);
+   every later quantization of the same graph a fraction of a second);
 2. run ``check`` frames (not the calibration frames, and not the frames the export's parity check
    reports on) through FP32 and INT8, and take the worst frame's PSNR between them;
-3. while it is below ``target_db``: try each still-quantized stage float and keep, among those that
-   lift the mean over the check frames by at least ``min_mean_gain`` dB, the one that lifts the worst
-   frame most; stop when none does (at most ``max_steps`` stages).
+3. below ``target_db``: measure each still-quantized stage's own error (that stage INT8, the others
+   float) once, and make stages float in order of their mean error until the target holds (at most
+   ``max_steps`` stages).
 
-The mean-gain condition is what makes the choice carry over to other frames. The enhancer decides each
-frame's exposure globally, and on about 3% of frames any small perturbation tips that decision (session
-10, the stage-10 weights, 254 training frames at 600x400: 7 below 32 dB with dec1 float, 6 with dec1, enc1
-and enc2 float). Choosing by the worst frame alone kept enc1 and enc2 float for that: 16 check frames
-went from 31.9 to 35.4 dB while their mean did not move (42.9 -> 43.6). A stage whose INT8 noise matters
-lifts every frame: dec2, dec1 and enc1 of another fine-tune lifted the mean 36.8 -> 44.9 -> 52.3.
+Ranking by the mean error over the check frames is what makes the choice carry over to other frames:
+the enhancer decides each frame's exposure globally, and on a few percent of frames any small
+perturbation tips that decision, so a stage chosen for the worst frame alone buys nothing elsewhere; a
+stage whose INT8 noise matters hurts every frame (docs/export.md has the measurements). Measuring each
+stage alone, rather than trying each float on top of the others, sees a stage whose error another
+stage's larger error hides, and takes one round of trials instead of one per stage kept float.
 
 A stage is a conv's module path (``/dec1/convs/convs.0/convs.0.0/Conv`` -> ``dec1``): its convs share a
 resolution and feed one another, so the error of one shows in the next.
@@ -40,7 +38,7 @@ from deepfusionnet.runtime.metrics import psnr
 
 DEFAULT_TARGET_DB = 35.0  # the export parity tolerance is 32 dB worst-frame on other frames: keep a margin
 DEFAULT_MAX_STEPS = 4
-DEFAULT_MIN_MEAN_GAIN = 1.0
+DEFAULT_NEGLIGIBLE_DB = 10.0  # a stage whose own INT8 error is this far under the target cannot matter
 
 
 @dataclass
@@ -49,6 +47,7 @@ class FallbackResult:
     excluded: list[str]
     method: str
     steps: list[dict] = field(default_factory=list)  # {"float": stage, "worst_db": ..., "mean_db": ...}
+    trials: dict = field(default_factory=dict)  # stage -> {"worst_db", "mean_db"} with that stage alone float
 
     @property
     def stages_kept_float(self) -> list[str]:
@@ -85,17 +84,49 @@ def run_graph(proto, feeds: list[dict], threads: int | None = None) -> list[np.n
     return [sess.run(None, f)[0] for f in feeds]
 
 
-def int8_with_fallback(proto, reader, checks: list[dict], method: str = "percentile",
-                       exclude: Iterable[str] = (), protect: Iterable[str] = (),
-                       target_db: float = DEFAULT_TARGET_DB, max_steps: int = DEFAULT_MAX_STEPS,
-                       min_mean_gain: float = DEFAULT_MIN_MEAN_GAIN, threads: int | None = None,
-                       progress: Callable[[str], None] = lambda s: None) -> FallbackResult:
+def _bar(total: int, desc: str):
+    """A progress bar on stderr (hidden when stderr is not a terminal: log lines say the same)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="graph", file=sys.stderr, disable=None, leave=False)
+
+
+def _mse(db: list[float]) -> np.ndarray:
+    return np.power(10.0, -np.asarray(db, np.float64) / 10)
+
+
+def _db(mse: np.ndarray) -> np.ndarray:
+    return -10 * np.log10(np.maximum(mse, 1e-10))
+
+
+def int8_with_fallback(
+    proto,
+    reader,
+    checks: list[dict],
+    method: str = "percentile",
+    exclude: Iterable[str] = (),
+    protect: Iterable[str] = (),
+    target_db: float = DEFAULT_TARGET_DB,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    negligible_db: float = DEFAULT_NEGLIGIBLE_DB,
+    threads: int | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+) -> FallbackResult:
     """Quantize ``proto`` (FP32) to INT8 Q/DQ, keeping stages float until the worst of ``checks``
     (input feeds) reaches ``target_db`` PSNR against FP32; ``target_db <= 0`` or no checks: no search.
 
+    Sensitivity, measured once: each still-quantized stage runs INT8 *alone* (every other candidate
+    stage float), which shows its own error unmasked by the others'. Errors of independent stages add
+    (MSE), so the stages are made float in order of their mean error until the sum left over predicts
+    the target on every check frame; that choice is then verified and extended one stage at a time
+    while the measured worst frame still misses the target (at most ``max_steps`` stages in all). A
+    stage whose solo error is ``negligible_db`` below the target is never made float: it cannot matter.
+
     ``exclude``: nodes float from the start; ``protect``: convs never made float by the search.
     Returns the last graph tried even when the target is not reached (the export's parity check
-    decides); ``steps`` records each round.
+    decides); ``steps`` records each verified graph, ``trials`` each stage's solo INT8 error.
     """
     exclude = sorted(set(exclude))
     with tempfile.TemporaryDirectory(prefix="dfn-int8-search-") as tmp:
@@ -108,29 +139,59 @@ def int8_with_fallback(proto, reader, checks: list[dict], method: str = "percent
             return result
         ref = run_graph(proto, checks, threads)
 
-        def score(graph) -> tuple[float, float]:
-            db = [psnr_db(r, o) for r, o in zip(ref, run_graph(graph, checks, threads))]
-            return min(db), float(np.mean(db))
+        def frame_db(exclusions: list[str]) -> tuple[object, list[str], list[float]]:
+            graph, ex, _ = int8_from_onnx(proto, reader, again, exclude=exclusions, calibration_cache=cache)
+            return graph, ex, [psnr_db(r, o) for r, o in zip(ref, run_graph(graph, checks, threads))]
 
-        worst, mean = score(q)
-        result.steps.append({"float": None, "worst_db": round(worst, 2), "mean_db": round(mean, 2)})
-        progress(f"INT8 fallback: worst of {len(checks)} check frames {worst:.1f} dB vs FP32 (target {target_db:g})")
-        while worst < target_db and len(result.steps) <= max_steps:
-            stages = quantized_stages(proto.graph, result.excluded, protect)
-            if not stages:
-                break
-            tried = []
+        def record(stage, db: list[float]) -> None:
+            result.steps.append(
+                {"float": stage, "worst_db": round(min(db), 2), "mean_db": round(float(np.mean(db)), 2)}
+            )
+
+        db = [psnr_db(r, o) for r, o in zip(ref, run_graph(q, checks, threads))]
+        record(None, db)
+        progress(f"INT8 fallback: worst of {len(checks)} check frames {min(db):.1f} dB vs FP32 "
+                 f"(target {target_db:g})")
+        if min(db) >= target_db:
+            return result
+        stages = quantized_stages(proto.graph, result.excluded, protect)
+        every = [c for convs in stages.values() for c in convs]
+        solo: dict[str, np.ndarray] = {}
+        with _bar(len(stages), "INT8 fallback: each stage's own error") as bar:
             for stage, convs in stages.items():
-                qs, ex, _ = int8_from_onnx(proto, reader, again, exclude=result.excluded + convs,
-                                           calibration_cache=cache)
-                tried.append((*score(qs), stage, qs, ex))
-            useful = [t for t in tried if t[1] >= mean + min_mean_gain]
-            if not useful:
-                progress(f"INT8 fallback: no stage lifts the mean by {min_mean_gain:g} dB; the rest is not one "
-                         "stage's error, stopping")
-                break
-            worst, mean, stage, q, ex = max(useful, key=lambda t: (t[0], t[1]))
-            result.proto, result.excluded = q, ex
-            result.steps.append({"float": stage, "worst_db": round(worst, 2), "mean_db": round(mean, 2)})
-            progress(f"INT8 fallback: {stage} float -> worst {worst:.1f} dB, mean {mean:.1f}")
-        return result
+                _, _, sdb = frame_db(result.excluded + [c for c in every if c not in convs])
+                solo[stage] = _mse(sdb)
+                bar.update(1)
+        result.trials = {
+            s: {"worst_db": round(float(_db(m).min()), 2), "mean_db": round(float(_db(m.mean())), 2)}
+            for s, m in solo.items()
+        }
+        limit = 10 ** (-(target_db + negligible_db) / 10)
+        order = [s for s in sorted(solo, key=lambda s: -solo[s].mean()) if solo[s].mean() >= limit][
+            :max_steps
+        ]
+        if not order:
+            progress("INT8 fallback: no stage's own error comes near the target; the rest is not one "
+                     "stage's, stopping")
+            return result
+        # fewest stages (in order) whose float leaves a predicted error within the target on every frame
+        k = next(
+            (
+                k
+                for k in range(1, len(order) + 1)
+                if _db(sum(solo[s] for s in solo if s not in order[:k]) + 0.0).min() >= target_db
+            ),
+            len(order),
+        )
+        while True:
+            graph, ex, db = frame_db(result.excluded + [c for s in order[:k] for c in stages[s]])
+            result.proto = graph
+            for s in order[len(result.stages_kept_float) : k]:
+                result.steps.append({"float": s})
+            result.steps[-1].update(worst_db=round(min(db), 2), mean_db=round(float(np.mean(db)), 2))
+            progress(f"INT8 fallback: {', '.join(order[:k])} float -> worst {min(db):.1f} dB, "
+                     f"mean {np.mean(db):.1f}")
+            if min(db) >= target_db or k >= len(order):
+                result.excluded = ex
+                return result
+            k += 1

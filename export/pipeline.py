@@ -9,13 +9,16 @@ from typing import Callable
 from deepfusionnet.errors import DFNError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_SIZE = (640, 480)  # (W, H): a typical camera mode
+# The INT8 search scores its trial graphs on check frames area-downscaled to at most this many pixels:
+# one trial per stage dominates the export's time, and a quarter of the pixels keeps it within a few
+# times an FP16 export (the parity check afterwards still runs full frames).
+SEARCH_PIXELS = 320 * 240
 
 
 @dataclass
 class ExportOptions:
     precision: str = "fp32"
-    size: tuple[int, int] | None = DEFAULT_SIZE  # (W, H); None = dynamic H/W
+    size: tuple[int, int] | None = None  # (W, H) fixed; None = dynamic H/W (the default)
     opset: int = 17
     exporter: str = "legacy"  # or "dynamo"
     simplify: bool = True
@@ -30,12 +33,20 @@ class ExportOptions:
     # accuracy-driven fallback (export/int8_fallback.py): keep stages float until the worst of
     # fallback_frames other frames from calib_dir reaches fallback_db PSNR against FP32; 0 = off
     fallback_db: float = 35.0
-    fallback_frames: int = 16
+    fallback_frames: int = 8
     # parity against PyTorch after export
     check: bool = True
     check_data: Path | None = None
     check_images: int = 4
     threads: int | None = None
+    # TensorRT conformance gate (export/conformance.py) on the written graph: targets, and Polygraphy's lint
+    targets: tuple[str, ...] = ("trt10", "trt11")
+    lint: bool = True
+    # the model's weights when the source is a registered name or a package.module:function entry point
+    # (export/onnx.py load_source); scale and multiple declare an entry point's output scale and input multiple
+    weights: Path | None = None
+    scale: int | None = None
+    multiple: int | None = None
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -61,32 +72,59 @@ class ExportResult:
 
 
 def default_check_dir() -> Path:
-    """LOL-v1 eval15 beside the repository (or the working folder) when present, else samples/night."""
-    repo = Path(__file__).resolve().parents[1]
-    for base in (Path.cwd(), repo):
-        cand = base.parent / "shared" / "data" / "lol-v1" / "eval15"
-        if (cand / "low").is_dir():
-            return cand
-    return repo / "samples" / "night"
+    """The shipped sample night frames (package data): a check that runs from any install."""
+    from deepfusionnet.runtime.samples import sample_dir
+
+    return sample_dir()
 
 
-def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None = None,
-                 progress: Callable[[str], None] = lambda s: None) -> ExportResult:
+def input_dirs(opts: ExportOptions, scale: int) -> tuple[Path | None, Path | None]:
+    """``(calibration folder, check folder)`` for ``opts``, checked before anything is written.
+
+    INT8 calibrates on frames like the ones the model will see, which only the user has: without
+    ``--calib`` it is a one-line error, never a silent calibration on four sample pictures. FP16 measures
+    activation peaks on two frames: ``--calib`` when given, else the shipped samples.
+    """
+    calib = Path(opts.calib_dir) if opts.calib_dir else None
+    if opts.precision == "int8" and calib is None:
+        kind = (
+            "normal-light frames (e.g. LOL-v1 train/high)"
+            if scale > 1
+            else "night frames (e.g. LOL-v1 train/low)"
+        )
+        raise DFNError(
+            f"INT8 export needs --calib DIR: a folder of at least {opts.calib_count} {kind} like the ones "
+            "the model will run on"
+        )
+    if opts.precision == "fp16" and calib is None:
+        calib = default_check_dir()
+    check = (Path(opts.check_data) if opts.check_data else default_check_dir()) if opts.check else None
+    if calib is not None and not calib.is_dir():
+        raise DFNError(f"{calib}: calibration folder not found")
+    if check is not None and not check.exists():
+        raise DFNError(f"{check}: check images not found")
+    return calib, check
+
+
+def export_model(
+    source: str | Path,
+    out: str | Path,
+    opts: ExportOptions | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+) -> ExportResult:
     """Export ``source`` (shipped model name or weights file) to ``out`` in ``opts.precision``.
 
-    Writes ``out`` and ``out.json`` (the sidecar); when ``opts.check`` runs parity against the PyTorch
-    model and records it in the sidecar. The caller decides what a failed check means
-    (``dfn export`` exits 1).
+    Writes ``out`` and ``out.json`` (the sidecar) after the graph passed the TensorRT conformance gate
+    (:mod:`.conformance`); when ``opts.check`` runs parity against the PyTorch model and records it in
+    the sidecar. The caller decides what a failed parity check means (``dfn export`` exits 1 and keeps
+    the file for inspection); any other failure, or an interrupt, leaves neither file behind.
     """
     import time
 
     from deepfusionnet.export import onnx as onx
-    from deepfusionnet.export import precision as prec
-    from deepfusionnet.export.int8_fallback import int8_with_fallback
-    from deepfusionnet.export.sidecar import set_metadata, sha256_bytes, tool_versions, write_sidecar
+    from deepfusionnet.export.sidecar import set_metadata
     from deepfusionnet.runtime.artifacts import sidecar_path
     from deepfusionnet.train.models.registry import get_spec
-    from deepfusionnet.train.weights import file_sha256
 
     opts = opts or ExportOptions()
     opts.validate()
@@ -96,96 +134,259 @@ def export_model(source: str | Path, out: str | Path, opts: ExportOptions | None
     if out.is_dir():
         raise DFNError(f"{out}: is a folder; name the .onnx file to write")
     t0 = time.perf_counter()
-    net, name, source_artifact = onx.load_source(source)
-    weights = source_artifact.path
-    exposure = source_artifact.exposure  # travels with the graph (metadata and sidecar)
+    net, name, source_artifact = onx.load_source(source, opts.weights, opts.scale, opts.multiple)
     spec = get_spec(name)
-    if opts.size is not None:
-        w, h = opts.size
-        if w % spec.multiple or h % spec.multiple or w <= 0 or h <= 0:
-            raise DFNError(f"--size {w}x{h}: width and height must be positive multiples of {spec.multiple} "
-                           f"for {name} (the runtime pads frames up to it)")
-    progress(f"exporting {name} ({weights.name}) to ONNX, opset {opts.opset}, {opts.exporter} exporter")
+    _check_size(opts.size, spec.multiple, name)
+    calib_dir, check_dir = input_dirs(opts, spec.scale)
+    progress(f"exporting {name} ({source_artifact.path.name}) to ONNX, opset {opts.opset}, "
+             f"{opts.exporter} exporter")
     base = onx.onnx_from_torch(net, opts.opset, opts.exporter)
     if opts.simplify:
         base = onx.simplify(base)
     onx.check(base, str(out))
-
-    info: dict = {}
-    calib_dir = Path(opts.calib_dir) if opts.calib_dir else prec.default_calibration_dir(spec.scale)
-    cw, ch = opts.calib_size
-    if opts.precision == "fp32":
-        graph = base
-    elif opts.precision == "fp16":
-        frames = prec.calibration_images(calib_dir, 2)
-        feeds = [{onx.INPUT: prec.calibration_frame(p, cw, ch, spec.multiple)} for p in frames]
-        peaks = prec.activation_peaks(base, feeds)
-        graph, kept = prec.fp16_from_onnx(base, peaks=peaks)
-        info["fp16"] = {"kept_fp32": kept, "peak_activation": max(peaks.values(), default=0.0),
-                        "peaks_measured_on": [str(p) for p in frames]}
-        progress(f"FP16: {len(kept)} nodes kept in FP32; largest FP32 activation {info['fp16']['peak_activation']:.1f}")
-    else:
-        exclude = prec.int8_exclusions(base.graph, opts.keep_float, opts.quantize)
-        frames = prec.calibration_images(calib_dir, opts.calib_count)
-        progress(f"INT8: {len(exclude)} nodes kept float; calibrating ({opts.calib_method}) on "
-                 f"{len(frames)} frames from {calib_dir} at {cw}x{ch}")
-        reader = prec.calibration_reader(frames, onx.INPUT, cw, ch, spec.multiple)
-        search = opts.fallback_db > 0 and opts.fallback_frames > 0
-        checks = prec.calibration_images(calib_dir, opts.fallback_frames, skip=frames) if search else []
-        if search and not checks:
-            progress(f"INT8 fallback: skipped, {calib_dir} has no frames beyond the {len(frames)} calibration ones")
-        feeds = [{onx.INPUT: prec.check_frame(p, spec.multiple)} for p in checks]
-        protect = prec.matching_convs(base.graph, opts.quantize)
-        found = int8_with_fallback(base, reader, feeds, opts.calib_method, exclude=exclude, protect=protect,
-                                   target_db=opts.fallback_db, threads=opts.threads, progress=progress)
-        graph, excluded, used = found.proto, found.excluded, found.method
-        if used != opts.calib_method:
-            progress(f"INT8: calibrated with {used}")
-        info["calibration"] = {"method": used, "dir": str(calib_dir), "count": len(frames),
-                               "size": [cw, ch], "symmetric": True, "per_channel": True,
-                               "op_types": ["Conv"], "excluded_nodes": excluded,
-                               "fallback": {"target_db": opts.fallback_db, "frames": [str(p) for p in checks],
-                                            "steps": found.steps, "stages_kept_float": found.stages_kept_float}}
+    step = {
+        "fp32": lambda: (base, {}),
+        "fp16": lambda: fp16_step(base, calib_dir, opts, spec, progress),
+        "int8": lambda: int8_step(base, calib_dir, opts, spec, progress),
+    }[opts.precision]
+    graph, info = step()
     if opts.size is not None:
         graph = onx.fix_input_size(graph, *opts.size)
-    set_metadata(graph, name, spec.scale, spec.multiple, opts.precision,
-                 exposure.to_json() if exposure is not None else None)
+    exposure = source_artifact.exposure  # travels with the graph (metadata and sidecar)
+    set_metadata(
+        graph,
+        name,
+        spec.scale,
+        spec.multiple,
+        opts.precision,
+        exposure.to_json() if exposure is not None else None,
+    )
     onx.check(graph, str(out))
+    gate = conformance_gate(graph, opts.targets, out)
     sidecar_path(out).unlink(missing_ok=True)  # a stale sidecar would describe another graph
-    data = onx.save(graph, out)
+    try:
+        data = onx.save(graph, out)
+        info = {**export_info(name, spec, opts, graph, data, source_artifact), **info, "conformance": gate}
+        if opts.lint:
+            info["conformance"]["polygraphy_lint"] = lint_gate(out, graph)
+        progress(
+            f"wrote {out} ({len(data) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; passes "
+            f"{', '.join(opts.targets)} conformance"
+        )
+        result = ExportResult(out, sidecar_path(out), info)
+        if check_dir is not None:
+            result.parity = parity_step(source, source_artifact.path, out, check_dir, opts, info, progress)
+        info["export_options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+        info["export_seconds"] = round(time.perf_counter() - t0, 1)
+        _write_sidecar(out, info)
+        return result
+    except BaseException:
+        out.unlink(missing_ok=True)  # half an export is worse than none
+        sidecar_path(out).unlink(missing_ok=True)
+        raise
+
+
+def _check_size(size: tuple[int, int] | None, multiple: int, name: str) -> None:
+    if size is not None:
+        w, h = size
+        if w % multiple or h % multiple or w <= 0 or h <= 0:
+            raise DFNError(
+                f"--size {w}x{h}: width and height must be positive multiples of {multiple} "
+                f"for {name} (the runtime pads frames up to it)"
+            )
+
+
+def _write_sidecar(out: Path, info: dict) -> Path:
+    from deepfusionnet.export.sidecar import write_sidecar
+
+    return write_sidecar(out, info)
+
+
+def fp16_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callable[[str], None]):
+    """FP32 graph -> FP16 graph with the fragile nodes kept FP32, and what the sidecar records of it."""
+    from deepfusionnet.export import onnx as onx
+    from deepfusionnet.export import precision as prec
+
+    cw, ch = opts.calib_size
+    frames = prec.calibration_images(calib_dir, 2)
+    feeds = [{onx.INPUT: prec.calibration_frame(p, cw, ch, spec.multiple)} for p in frames]
+    peaks = prec.activation_peaks(base, feeds)
+    graph, kept = prec.fp16_from_onnx(base, peaks=peaks)
     info = {
-        "model": name, "scale": spec.scale, "multiple": spec.multiple, "precision": opts.precision,
-        **({"exposure": asdict(exposure)} if exposure is not None else {}),
-        "format": "onnx", "opset": opts.opset, "exporter": opts.exporter, "simplified": opts.simplify,
-        "dynamic": opts.size is None, "size": list(opts.size) if opts.size else None,
-        **onx.io_info(graph),
-        "onnx_sha256": sha256_bytes(data), "onnx_bytes": len(data),
-        "source_weights": weights.name, "source_weights_sha256": file_sha256(weights),
-        "tools": tool_versions(), **info,
+        "kept_fp32": kept,
+        "peak_activation": max(peaks.values(), default=0.0),
+        "peaks_measured_on": [p.name for p in frames],
     }
-    progress(f"wrote {out} ({len(data) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
-    result = ExportResult(out, write_sidecar(out, info), info)
-    if opts.check:
-        from deepfusionnet.export.parity import parity_report
-
-        data_dir = Path(opts.check_data) if opts.check_data else default_check_dir()
-        progress(f"parity vs PyTorch on {opts.check_images or 'all'} image(s) from {data_dir}")
-        from deepfusionnet.runtime.artifacts import SHIPPED
-
-        ref = str(source) if str(source) in SHIPPED else str(weights)
-        report = parity_report(ref, str(out), data_dir, opts.precision, limit=opts.check_images,
-                               backend_ref="torch", backend="onnxruntime", threads=opts.threads)
-        info["parity"] = {"onnxruntime": report.to_json()}
-        write_sidecar(out, info)
-        result.parity = report
-    info["export_options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
-    write_sidecar(out, info)
-    return result
+    progress(f"FP16: {len(kept)} nodes kept in FP32; largest FP32 activation {info['peak_activation']:.1f}")
+    return graph, {"fp16": info}
 
 
-def export_shipped(models: tuple[str, ...] = ("deepfusionnet", "deepfusionnet-sr"),
-                   precisions: tuple[str, ...] = ("fp32",), check: bool = True,
-                   progress: Callable[[str], None] = lambda s: None) -> list[ExportResult]:
+def int8_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callable[[str], None]):
+    """FP32 graph -> INT8 Q/DQ graph (calibrated, stages kept float by the accuracy search), and what
+    the sidecar records of it."""
+    import sys
+
+    from tqdm import tqdm
+
+    from deepfusionnet.export import onnx as onx
+    from deepfusionnet.export import precision as prec
+    from deepfusionnet.export.int8_fallback import int8_with_fallback
+
+    cw, ch = opts.calib_size
+    exclude = prec.int8_exclusions(base.graph, opts.keep_float, opts.quantize)
+    frames = prec.calibration_images(calib_dir, opts.calib_count)
+    progress(
+        f"INT8: {len(exclude)} nodes kept float; calibrating ({opts.calib_method}) on "
+        f"{len(frames)} frames from {calib_dir} at {cw}x{ch}"
+    )
+    search = opts.fallback_db > 0 and opts.fallback_frames > 0
+    checks = prec.calibration_images(calib_dir, opts.fallback_frames, skip=frames) if search else []
+    if search and not checks:
+        progress(
+            f"INT8 fallback: skipped, {calib_dir} has no frames beyond the {len(frames)} calibration ones"
+        )
+    feeds = [{onx.INPUT: prec.check_frame(p, spec.multiple, SEARCH_PIXELS)} for p in checks]
+    protect = prec.matching_convs(base.graph, opts.quantize)
+    with tqdm(
+        total=len(frames), desc="INT8: calibrating", unit="frame", file=sys.stderr, disable=None, leave=False
+    ) as bar:
+        reader = prec.calibration_reader(frames, onx.INPUT, cw, ch, spec.multiple, bar=bar)
+        found = int8_with_fallback(
+            base,
+            reader,
+            feeds,
+            opts.calib_method,
+            exclude=exclude,
+            protect=protect,
+            target_db=opts.fallback_db,
+            threads=opts.threads,
+            progress=progress,
+        )
+    if found.method != opts.calib_method:
+        progress(f"INT8: calibrated with {found.method}")
+    convs = prec.conv_names(base.graph)
+    quantized = [c for c in convs if c not in set(found.excluded)]
+    progress(f"INT8: {len(quantized)} of {len(convs)} convolutions run INT8")
+    info = {
+        "method": found.method,
+        "dir": calib_dir.name,
+        "count": len(frames),
+        "size": [cw, ch],
+        "symmetric": True,
+        "per_channel": True,
+        "bias": "float",
+        "op_types": ["Conv"],
+        "convs_int8": len(quantized),
+        "convs_total": len(convs),
+        "excluded_nodes": found.excluded,
+        "fallback": {
+            "target_db": opts.fallback_db,
+            "frames": [p.name for p in checks],
+            "max_pixels": SEARCH_PIXELS,
+            "steps": found.steps,
+            "trials": found.trials,
+            "stages_kept_float": found.stages_kept_float,
+        },
+    }
+    return found.proto, {"calibration": info}
+
+
+def conformance_gate(graph, targets: tuple[str, ...], out: Path) -> dict:
+    """:func:`~.conformance.check_graph` for every target; any error stops the export before it writes."""
+    from deepfusionnet.export.conformance import check_graph, errors
+
+    report = {}
+    for target in targets:
+        bad = errors(check_graph(graph, target))
+        if bad:
+            lines = "; ".join(v.line() for v in bad[:5]) + (
+                f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+            )
+            raise DFNError(f"{out}: the exported graph fails {target} conformance ({lines})")
+        report[target] = "pass"
+    return report
+
+
+def lint_gate(out: Path, graph) -> str:
+    """Polygraphy's ``check lint`` on the written graph: "pass", or "not installed"; errors raise."""
+    from deepfusionnet.export.conformance import errors, polygraphy_lint
+
+    found = polygraphy_lint(out, graph)
+    if found is None:
+        return "not installed"
+    bad = errors(found)
+    if bad:
+        raise DFNError(
+            f"{out}: Polygraphy's lint fails the exported graph ({'; '.join(v.line() for v in bad[:3])})"
+        )
+    return "pass"
+
+
+def export_info(name: str, spec, opts: ExportOptions, graph, data: bytes, source_artifact) -> dict:
+    """The sidecar's description of a written graph: model, IO, hashes, tools."""
+    from deepfusionnet.export import onnx as onx
+    from deepfusionnet.export.sidecar import sha256_bytes, tool_versions
+    from deepfusionnet.train.weights import file_sha256
+
+    exposure = source_artifact.exposure
+    return {
+        "model": name,
+        "scale": spec.scale,
+        "multiple": spec.multiple,
+        "precision": opts.precision,
+        **({"exposure": asdict(exposure)} if exposure is not None else {}),
+        "format": "onnx",
+        "opset": opts.opset,
+        "exporter": opts.exporter,
+        "simplified": opts.simplify,
+        "dynamic": opts.size is None,
+        "size": list(opts.size) if opts.size else None,
+        **onx.io_info(graph),
+        "onnx_sha256": sha256_bytes(data),
+        "onnx_bytes": len(data),
+        # the user's file, also when load_source tagged a copy of it for the parity reference
+        "source_weights": Path(source_artifact.sidecar.get("source_file", source_artifact.path)).name,
+        "source_weights_sha256": file_sha256(source_artifact.sidecar.get("source_file", source_artifact.path)),
+        "tools": tool_versions(),
+    }
+
+
+def parity_step(
+    source,
+    weights: Path,
+    out: Path,
+    check_dir: Path,
+    opts: ExportOptions,
+    info: dict,
+    progress: Callable[[str], None],
+):
+    """Parity of the written graph against the PyTorch model on ``check_dir``; recorded in ``info``."""
+    from deepfusionnet.export.parity import parity_report
+    from deepfusionnet.runtime.artifacts import SHIPPED
+
+    _write_sidecar(out, info)  # the check loads the graph through the runtime, which reads the sidecar
+    progress(f"parity vs PyTorch on {opts.check_images or 'all'} image(s) from {check_dir}")
+    ref = str(source) if str(source) in SHIPPED else str(weights)
+    report = parity_report(
+        ref,
+        str(out),
+        check_dir,
+        opts.precision,
+        limit=opts.check_images,
+        backend_ref="torch",
+        backend="onnxruntime",
+        threads=opts.threads,
+    )
+    info["parity"] = {"onnxruntime": report.to_json()}
+    return report
+
+
+def export_shipped(
+    models: tuple[str, ...] = ("deepfusionnet", "deepfusionnet-sr"),
+    precisions: tuple[str, ...] = ("fp32",),
+    check: bool = True,
+    progress: Callable[[str], None] = lambda s: None,
+) -> list[ExportResult]:
     """(Re)build the runtime's shipped graphs from the shipped weights, dynamic H/W, with sidecars.
 
     FP32 goes to ``runtime/weights/<model>.onnx`` (what ``resolve(<model>)`` returns); other precisions
@@ -199,8 +400,12 @@ def export_shipped(models: tuple[str, ...] = ("deepfusionnet", "deepfusionnet-sr
     for model in models:
         for precision in precisions:
             name = f"{model}.onnx" if precision == "fp32" else f"{model}.{precision}.onnx"
-            res = export_model(model, WEIGHTS_DIR / name, ExportOptions(precision=precision, size=None, check=check),
-                               progress)
+            res = export_model(
+                model,
+                WEIGHTS_DIR / name,
+                ExportOptions(precision=precision, size=None, check=check),
+                progress,
+            )
             if not res.passed:
                 raise DFNError(f"{res.path}: parity check failed ({'; '.join(res.parity.failures())})")
             results.append(res)

@@ -17,6 +17,8 @@ FP32 inputs/outputs and keep the numerically fragile nodes in FP32:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 import warnings
 from pathlib import Path
@@ -147,20 +149,6 @@ def fp16_from_onnx(proto, block_nodes: Iterable[str] = (), block_ops: Iterable[s
 
 # -- INT8 calibration ---------------------------------------------------------------------------
 
-def default_calibration_dir(scale: int = 1) -> Path:
-    """LOL-v1 train/low beside the repository (or the working folder), else samples/night.
-
-    An SR model (``scale`` 2) upscales normal-light frames, so it calibrates on train/high: activation
-    ranges measured on dark frames clip bright ones.
-    """
-    repo = Path(__file__).resolve().parents[1]
-    for base in (Path.cwd(), repo):
-        cand = base.parent / "shared" / "data" / "lol-v1" / "train" / ("low" if scale == 1 else "high")
-        if cand.is_dir():
-            return cand
-    return repo / "samples" / "night"
-
-
 def calibration_images(folder: str | Path, count: int, skip: Iterable[Path] = ()) -> list[Path]:
     """``count`` images spread evenly over ``folder`` (sorted, so the choice is reproducible), leaving
     out ``skip`` (frames already used, e.g. for calibration; may leave none)."""
@@ -213,8 +201,11 @@ def check_frame(path: Path, multiple: int = 8, max_pixels: int = 1280 * 720) -> 
     return pad_to_multiple(to_tensor(img), multiple)[0]
 
 
-def calibration_reader(paths: list[Path], input_name: str, width: int, height: int, multiple: int = 8):
-    """An ONNX Runtime ``CalibrationDataReader`` over night frames (class built here: import stays light)."""
+def calibration_reader(paths: list[Path], input_name: str, width: int, height: int, multiple: int = 8,
+                       bar=None):
+    """An ONNX Runtime ``CalibrationDataReader`` over night frames (class built here: import stays light).
+
+    ``bar``: a tqdm-like progress bar advanced once per frame served."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class FrameReader(CalibrationDataReader):
@@ -226,7 +217,11 @@ def calibration_reader(paths: list[Path], input_name: str, width: int, height: i
 
         def get_next(self) -> dict | None:
             path = next(self._it, None)
-            return None if path is None else {input_name: calibration_frame(path, width, height, multiple)}
+            if path is None:
+                return None
+            if bar is not None:
+                bar.update(1)
+            return {input_name: calibration_frame(path, width, height, multiple)}
 
         def set_range(self, start_index: int, end_index: int) -> None:
             """Serve frames ``start_index:end_index`` only (ONNX Runtime's chunked calibration)."""
@@ -270,14 +265,19 @@ def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[
     exclude = default_int8_exclusions(proto.graph) if exclude is None else sorted(exclude)
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}[method]
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    # QuantizeBias off: biases stay float. ONNX Runtime otherwise stores them as INT32 behind a
+    # DequantizeLinear, which TensorRT's parser refuses (it dequantizes only INT8/FP8/INT4); TensorRT
+    # fuses the float bias into the INT8 convolution itself.
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = percentile
     if chunk and hasattr(reader, "set_range") and hasattr(reader, "__len__") and len(reader) > chunk:
         extra["CalibStridedMinMax"] = calibration_chunk(len(reader), chunk)
     with tempfile.TemporaryDirectory(prefix="dfn-int8-") as tmp:
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        onnx.save(proto, src)
+        from deepfusionnet.export.onnx import unshare_weights
+
+        onnx.save(unshare_weights(proto), src)  # shared conv weights break ONNX Runtime's INT8 graph
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimisation; quantize the graph as is
@@ -288,8 +288,10 @@ def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[
         if calibration_cache is not None:
             kwargs["calibration_cache_path"] = str(calibration_cache)
         used = method
+        quiet = contextlib.redirect_stdout(io.StringIO())  # ONNX Runtime prints its calibration steps to stdout
         try:
-            quantize_static(str(pre), str(dst), reader, calibrate_method=calib, extra_options=extra, **kwargs)
+            with quiet:
+                quantize_static(str(pre), str(dst), reader, calibrate_method=calib, extra_options=extra, **kwargs)
         except ValueError as exc:
             if method == "minmax" or "bins" not in str(exc):
                 raise DFNError(f"INT8 quantization failed ({str(exc).splitlines()[0][:300]})") from None
@@ -298,8 +300,9 @@ def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[
             reader.rewind()
             used = f"minmax (fallback: {method} failed: {str(exc).splitlines()[0][:120]})"
             minmax = {k: v for k, v in extra.items() if k != "CalibPercentile"}
-            quantize_static(str(pre), str(dst), reader, calibrate_method=CalibrationMethod.MinMax,
-                            extra_options=minmax, **kwargs)
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(pre), str(dst), reader, calibrate_method=CalibrationMethod.MinMax,
+                                extra_options=minmax, **kwargs)
         except Exception as exc:
             raise DFNError(f"INT8 quantization failed ({str(exc).splitlines()[0][:300]})") from None
         return onnx.load(dst), exclude, used

@@ -16,7 +16,9 @@ Polygraphy ``backend/trt/loader.py`` / ``config.py``: ``trt.Builder(logger)``,
 ``set_timing_cache(cache, ignore_mismatch)`` / ``get_timing_cache().serialize()``,
 ``config.progress_monitor = IProgressMonitor subclass``, ``builder.num_DLA_cores``,
 ``config.default_device_type = DeviceType.DLA``, ``config.DLA_core``, ``BuilderFlag.GPU_FALLBACK``,
-``builder.build_serialized_network(network, config)`` (``None`` on failure).
+``builder.build_serialized_network(network, config)`` (``None`` on failure). DLA builds take fixed shapes
+only: "DLA does not support dynamic dimensions, so the profile's min, max, and opt values must be equal"
+(TensorRT 10.x developer guide, DLA Supported Layers and Restrictions), so a range is refused before building.
 
 The engine stays a pure TensorRT plan that trtexec/Polygraphy can load; everything else goes into the
 JSON sidecar ``X.engine.json``.
@@ -141,6 +143,25 @@ def resolve_profile(name: str, graph_shape: tuple[int, ...], options: BuildOptio
     return full(lo), full(opt), full(hi)
 
 
+def check_dla_profile(name: str, profile: tuple[tuple[int, ...], ...] | None, options: BuildOptions) -> None:
+    """Refuse a DLA build over a shape range: DLA runs fixed shapes only (min = opt = max)."""
+    if options.dla_core is None or profile is None or profile[0] == profile[1] == profile[2]:
+        return
+    lo, opt, hi = (_wh(s[-2:]) for s in profile)
+    raise DFNError(f"--dla-core needs a fixed input size (DLA has no dynamic shapes) but input {name!r} "
+                   f"would get min {lo}, opt {opt}, max {hi}; build with --shape WxH, e.g. --shape {opt}")
+
+
+def _check_dla_cores(builder: Any, options: BuildOptions) -> None:
+    if options.dla_core is None:
+        return
+    cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
+    if cores == 0:
+        raise DFNError("--dla-core: this device has no DLA (only Jetson AGX/NX Orin and Xavier have one)")
+    if options.dla_core >= cores:
+        raise DFNError(f"--dla-core {options.dla_core}: this device has {cores} DLA core(s) (0..{cores - 1})")
+
+
 def make_progress_monitor(trt: Any, report: Progress) -> Any:
     """A ``trt.IProgressMonitor`` forwarding to ``report``; Ctrl-C inside a callback cancels the build.
 
@@ -190,14 +211,18 @@ def _dtype_name(trt: Any, dtype: Any) -> str:
 
 def _device_info(cuda: Any) -> dict:
     """GPU name / compute capability for the sidecar; empty when no CUDA Python API is installed."""
+    opened = None
     try:
         if cuda is None:
             from deepfusionnet.runtime.backends.cuda import open_cuda
 
-            cuda = open_cuda()
+            cuda = opened = open_cuda()
         return cuda.device_info()
     except DFNError:
         return {}
+    finally:
+        if opened is not None:
+            opened.close()  # pycuda pushed a context; leaving it pushed aborts the interpreter at exit
 
 
 def _load_timing_cache(trt: Any, config: Any, path: Path | None) -> tuple[Any, str]:
@@ -256,6 +281,8 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
         raise DFNError(f"TensorRT could not create a builder ({logger.last_error() or 'no usable GPU'}); "
                        "check the NVIDIA driver and that a GPU is visible")
 
+    _check_dla_cores(builder, options)  # before the shape checks: "no DLA here" is the more basic answer
+
     strongly_typed = not options.fp16_flag
     flags = 0
     if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -280,6 +307,7 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
         shape = tuple(int(d) for d in tensor.shape)
         inputs.append({"name": tensor.name, "shape": list(shape), "dtype": _dtype_name(trt, tensor.dtype)})
         prof = resolve_profile(tensor.name, shape, options, artifact.multiple)
+        check_dla_profile(tensor.name, prof, options)
         if prof is not None:
             if profile is None:
                 profile = builder.create_optimization_profile()
@@ -298,11 +326,6 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
     if options.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
     if options.dla_core is not None:
-        cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
-        if cores == 0:
-            raise DFNError("--dla-core: this device has no DLA (only Jetson AGX/NX Orin and Xavier have one)")
-        if options.dla_core >= cores:
-            raise DFNError(f"--dla-core {options.dla_core}: this device has {cores} DLA core(s) (0..{cores - 1})")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(options.dla_core)
         if options.gpu_fallback:

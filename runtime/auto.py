@@ -167,33 +167,41 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
 
 
-def _run(backend: Backend, x: np.ndarray) -> np.ndarray:
-    info = backend.inputs[0]
-    dtype = np.float16 if info.dtype == "float16" else np.float32
-    y = backend.infer({info.name: np.ascontiguousarray(x, dtype=dtype)})[backend.outputs[0].name]
-    return np.asarray(y, np.float32)
+def _runner(backend: Backend, scale: int, multiple: int, path=None):
+    """The frame path every caller uses (:func:`~deepfusionnet.runtime.enhancer.network_fn`): a fixed-size
+    graph is measured on the frame padded or tiled to its size, as it would run."""
+    from deepfusionnet.runtime.enhancer import network_fn
+
+    return network_fn(backend, scale, multiple, path=path)
 
 
-def measure(cands: list[Candidate], size: tuple[int, int], multiple: int = 8, runs: int = TIMED_RUNS) -> None:
+def measure(cands: list[Candidate], size: tuple[int, int], multiple: int = 8, runs: int = TIMED_RUNS,
+            scale: int = 1) -> None:
     """Gate and time every candidate in place (``passed``, ``psnr_vs_fp32``, ``latency_ms``, ``error``).
 
     Candidates that pass are timed round-robin (run 1 of each, then run 2 of each, ...), so a load
     change on a shared machine does not favour whichever candidate happened to run in a quiet moment.
     """
-    from deepfusionnet.runtime.processing import pad_to_multiple
+    from deepfusionnet.errors import native_reason
+    from deepfusionnet.runtime.enhancer import check_image_io
 
-    x, _ = pad_to_multiple(_gate_frame(size), multiple)
+    x = _gate_frame(size)
     ref = None
-    live: list[tuple[Candidate, Backend, list]] = []
+    live: list[tuple[Candidate, Backend, list, object]] = []
     try:
         for c in cands:
             try:
                 be = load_backend(c.backend, c.path, **c.options)
             except DFNError as exc:
+                if c.gate == "reference":  # the model itself fails: say so as a named backend would
+                    raise
                 c.passed, c.error = False, str(exc)
                 continue
+            run = _runner(be, scale, multiple, Path(c.path))
             try:
-                y = _run(be, x)  # warm-up (OpenVINO compiles here), and the gate's output
+                if c.gate == "reference":
+                    check_image_io(be, c.path)  # a foreign model: the named backends' one line, not a race
+                y = run(x)  # warm-up (OpenVINO compiles here), and the gate's output
                 if c.gate == "reference":
                     ref = y
                     c.passed = bool(np.isfinite(y).all())
@@ -204,30 +212,33 @@ def measure(cands: list[Candidate], size: tuple[int, int], multiple: int = 8, ru
                     need = GATE_DB if c.gate == "internal" else VARIANT_SANITY_DB
                     c.passed = bool(c.psnr_vs_fp32 is not None and c.psnr_vs_fp32 >= need)
             except Exception as exc:  # a candidate that cannot run here is out of the race, not a crash
-                c.passed, c.error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                if c.gate == "reference" and isinstance(exc, DFNError):  # e.g. NaN output: the model's fault
+                    be.close()
+                    raise
+                c.passed, c.error = False, f"{type(exc).__name__}: {native_reason(exc)}"
             if c.passed:
-                live.append((c, be, []))
+                live.append((c, be, [], run))
             else:
                 be.close()
         for _ in range(runs):
-            for c, be, times in live:
+            for c, be, times, run in live:
                 t0 = time.perf_counter()
-                _run(be, x)
+                run(x)
                 times.append(time.perf_counter() - t0)
-        for c, _, times in live:
+        for c, _, times, _ in live:
             c.latency_ms = float(np.median(times)) * 1000
     finally:
-        for _, be, _ in live:
+        for _, be, _, _ in live:
             be.close()
 
 
-def _base_onnx(model: str | Path, artifacts=None) -> tuple[Path, int]:
+def _base_onnx(model: str | Path, artifacts=None) -> tuple[Path, int, int]:
     from deepfusionnet.runtime.bench import base_artifact
 
     art = base_artifact(str(model), artifacts)
     if art.kind != "onnx":
         raise DFNError(f"{art.path}: --backend auto chooses among ONNX backends; give an .onnx file or a shipped name")
-    return art.path, art.multiple
+    return art.path, art.multiple, art.scale
 
 
 def _key(base: Path, cands: list[Candidate], size: tuple[int, int]) -> str:
@@ -258,7 +269,7 @@ def _save_cache(path: Path, data: dict) -> None:
 def choose_with_options(model: str | Path, size: tuple[int, int] | None = None, artifacts=None,
                         refresh: bool = False) -> Choice:
     """The fastest gated (backend, artifact, options) for ``model`` at ``size`` = (width, height)."""
-    base, multiple = _base_onnx(model, artifacts)
+    base, multiple, scale = _base_onnx(model, artifacts)
     size = tuple(size) if size else DEFAULT_SIZE
     cands = candidates(base)
     key = _key(base, cands, size)
@@ -268,7 +279,7 @@ def choose_with_options(model: str | Path, size: tuple[int, int] | None = None, 
     if hit and not refresh and Path(hit.get("path", "")).is_file():
         return Choice(hit["backend"], hit["path"], hit["options"], hit["precision"], hit["label"],
                       hit.get("latency_ms"), size, cached=True, candidates=hit.get("candidates", []))
-    measure(cands, size, multiple)
+    measure(cands, size, multiple, scale=scale)
     ok = [c for c in cands if c.passed and c.latency_ms is not None]
     if not ok:
         errors = "; ".join(f"{c.label}: {c.error}" for c in cands if c.error)

@@ -38,9 +38,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from deepfusionnet.errors import DFNError
+from deepfusionnet.errors import DFNError, native_reason
 from deepfusionnet.runtime.artifacts import SHIPPED, Artifact, resolve
 from deepfusionnet.runtime.backends.base import Backend, load_backend
+from deepfusionnet.runtime.enhancer import fixed_input_size, network_fn
 from deepfusionnet.runtime.machine import isa_features, machine_info
 from deepfusionnet.runtime.processing import crop, pad_to_multiple, to_image, to_tensor
 
@@ -117,15 +118,17 @@ def _cuda_providers() -> list[str]:
 
 
 def plan_stage(stage: str, backend: str, precision: str, artifacts=None, threads: int | None = None,
-               cache_dir: str | None = None) -> tuple[str, Path, dict, Artifact]:
-    """``(backend to load, path, options, artifact)`` for one stage, or :class:`Unsupported` with why."""
+               cache_dir: str | None = None, device: str | None = None) -> tuple[str, Path, dict, Artifact]:
+    """``(backend to load, path, options, artifact)`` for one stage, or :class:`Unsupported` with why;
+    ``device`` places the torch rows (the other backends choose their own)."""
     if backend == "torch":
         if precision != "fp32":
             raise Unsupported("PyTorch rows are the FP32 eager reference only")
         art = resolve(stage, "weights") if not str(stage).endswith(".onnx") else None
         if art is None or art.kind != "weights":
             raise Unsupported(f"{stage}: no PyTorch weights for an ONNX file")
-        return "torch", art.path, ({"threads": threads} if threads else {}), art
+        options = {**({"threads": threads} if threads else {}), **({"device": device} if device else {})}
+        return "torch", art.path, options, art
     base = base_artifact(stage, artifacts)
     if base.kind != "onnx":
         raise Unsupported(f"{base.path.name}: {backend} rows need an ONNX artifact")
@@ -207,6 +210,12 @@ class Runner:
         t1 = time.perf_counter()
         t["pre"] = t.get("pre", 0.0) + t1 - t0
         for i, (backend, art) in enumerate(self.stages):
+            if fixed_input_size(backend) is not None:
+                # a fixed-size graph pads (or tiles) the frame to its size: counted as inference
+                t1 = time.perf_counter()
+                x = network_fn(backend, art.scale, art.multiple)(x)
+                t["infer"] = t.get("infer", 0.0) + time.perf_counter() - t1
+                continue
             t0 = time.perf_counter()
             xp, size = pad_to_multiple(x, art.multiple)
             info = backend.inputs[0]
@@ -266,7 +275,8 @@ class Row:
 
 
 def open_runner(pipeline: Pipeline, backend: str, precision: str, size: tuple[int, int] | None,
-                artifacts=None, threads: int | None = None, cache_dir: str | None = None) -> tuple[Runner, dict]:
+                artifacts=None, threads: int | None = None, cache_dir: str | None = None,
+                device: str | None = None) -> tuple[Runner, dict]:
     """Load every stage of ``pipeline`` for one row; returns the runner and what was picked/loaded."""
     loaded: list[tuple[Backend, Artifact]] = []
     detail: dict = {"stages": []}
@@ -284,7 +294,8 @@ def open_runner(pipeline: Pipeline, backend: str, precision: str, size: tuple[in
                 detail["stages"].append({"stage": stage, "picked": choice.label, "path": str(path),
                                          "options": opts, "cached": choice.cached})
             else:
-                name, path, opts, art = plan_stage(stage, backend, precision, artifacts, threads, cache_dir)
+                name, path, opts, art = plan_stage(stage, backend, precision, artifacts, threads, cache_dir,
+                                                   device)
                 detail["stages"].append({"stage": stage, "path": str(path), "options": {k: v for k, v in opts.items()
                                                                                         if k != "provider_options"}})
             be = load_backend(name, path, **opts)
@@ -309,7 +320,9 @@ def _stats(ms: list[float]) -> dict:
 def synthetic_frame(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """A dark, textured RGB frame of ``(width, height)``: a real night sample resized when one ships, else noise."""
     w, h = size
-    sample = Path(__file__).resolve().parents[1] / "samples" / "night" / "lol-22.png"
+    from deepfusionnet.runtime.samples import sample_frame
+
+    sample = sample_frame()
     if sample.is_file():
         img = cv2.imread(str(sample), cv2.IMREAD_COLOR)
         if img is not None:
@@ -356,7 +369,7 @@ def expand_rows(models: list[str], backends: list[str], precisions: list[str], s
 def bench(models: list[str], backends: list[str], precisions: list[str], sizes: list[tuple[int, int]],
           runs: int = 10, warmup: int = 1, threads: int | None = None, artifacts=None,
           quality_pairs: list[tuple[Path, Path]] | None = None, cache_dir: str | None = None,
-          skip=None, log=None) -> dict:
+          skip=None, log=None, device: str | None = None) -> dict:
     """Run the grid and return ``{"rows": [...], "machine": {...}, "settings": {...}}``.
 
     ``skip(model, backend, precision, size) -> str | None`` may drop a row with a reason (kept in the
@@ -393,7 +406,8 @@ def bench(models: list[str], backends: list[str], precisions: list[str], sizes: 
             rss0 = _rss_mb()
             t0 = time.perf_counter()
             try:
-                runner, detail = open_runner(pipeline, backend, precision, size, artifacts, threads, cache_dir)
+                runner, detail = open_runner(pipeline, backend, precision, size, artifacts, threads,
+                                             cache_dir, device)
             except Unsupported as exc:
                 row.status = str(exc) if str(exc).startswith(NOT_MEASURED) else f"skipped: {exc}"
                 continue
@@ -413,7 +427,7 @@ def bench(models: list[str], backends: list[str], precisions: list[str], sizes: 
                 for _ in range(max(warmup - 1, 0)):
                     runner.run(np.ascontiguousarray(frame))
             except Exception as exc:  # a backend failing on this shape/precision is a row result, not a crash
-                row.status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                row.status = f"failed: {type(exc).__name__}: {native_reason(exc)}"
                 runner.close()
                 continue
             row.mem_mb = _rss_mb() - rss0
@@ -461,7 +475,7 @@ def bench(models: list[str], backends: list[str], precisions: list[str], sizes: 
         rows.extend(group_rows)
     _quality_deltas(rows)
     return {"rows": [r.to_json() for r in rows], "machine": machine_info(),
-            "settings": {"runs": runs, "warmup": warmup, "threads": threads,
+            "settings": {"runs": runs, "warmup": warmup, "threads": threads, "torch_device": device or "cpu",
                          "quality_images": len(quality_pairs) if quality_pairs else 0,
                          "timing": "round-robin within each (model, size) group; end to end = decode+pre+infer+post"}}
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.metrics import psnr, ssim
 
 
@@ -256,6 +257,18 @@ def _finite(obj):
     return obj
 
 
+def _torch_device(model: str, backend: str, device: str | None) -> dict:
+    """``{"device": device}`` when ``model`` runs on the torch backend (named, or a weights file's
+    default)."""
+    if device is None:
+        return {}
+    from deepfusionnet.runtime.artifacts import resolve
+    from deepfusionnet.runtime.enhancer import backend_for
+
+    name = backend_for(resolve(model, "weights" if backend == "torch" else None), backend)
+    return {"device": device} if name == "torch" else {}
+
+
 def compare_models(
     reference: str,
     candidate: str,
@@ -266,21 +279,26 @@ def compare_models(
     backend: str = "default",
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    device: str | None = None,
 ) -> ParityReport:
     """Parity of two models (shipped names or files) on the images or pairs in ``data``.
 
     Each runs through :func:`deepfusionnet.runtime.enhancer.open_enhancer` (padding, tiling, cropping
     as in production). ``precision`` picks the tolerance; by default the candidate's own (from its
-    sidecar or ONNX metadata).
+    sidecar or ONNX metadata). ``device`` places whichever side runs on the torch backend.
     """
     from deepfusionnet.runtime.enhancer import open_enhancer
     from deepfusionnet.runtime.pairs import find_items
 
     items = find_items(data, limit)
     opts = {"threads": threads} if threads else {}
-    ref = open_enhancer(reference, backend_ref, **opts)
+    ref_device = _torch_device(reference, backend_ref, device)
+    cand_device = _torch_device(candidate, backend, device)
+    if device is not None and not (ref_device or cand_device):
+        raise DFNError(f"--device {device} places the torch backend, and neither model runs on it here")
+    ref = open_enhancer(reference, backend_ref, **opts, **ref_device)
     try:
-        cand = open_enhancer(candidate, backend, **opts)
+        cand = open_enhancer(candidate, backend, **opts, **cand_device)
         try:
             if ref.scale != cand.scale:
                 raise ValueError(f"{candidate} upscales {cand.scale}x but {reference} {ref.scale}x: not the same model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.artifacts import Artifact, resolve
 from deepfusionnet.runtime.backends.base import Backend, load_backend
-from deepfusionnet.runtime.processing import run_tiled, to_image, to_tensor
+from deepfusionnet.runtime.processing import require_finite, run_tiled, to_image, to_tensor
 
 # Frames above this many pixels on a side run in tiles (bounded memory on 4-8 GB Jetsons).
 DEFAULT_TILE = 1024
@@ -41,6 +42,54 @@ def self_ensemble(fn, x: np.ndarray, n: int) -> np.ndarray:
     return acc / np.float32(n)
 
 
+def fixed_input_size(backend: Backend) -> tuple[int, int] | None:
+    """``(H, W)`` when ``backend``'s input has a fixed spatial size (a static-shape export), else None."""
+    shape = backend.inputs[0].shape
+    if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return int(shape[2]), int(shape[3])
+    return None
+
+
+def network_fn(backend: Backend, scale: int, multiple: int, tile: int = DEFAULT_TILE, overlap: int = 32,
+               path=None) -> Callable[[np.ndarray], np.ndarray]:
+    """float32 NCHW in [0, 1] of any H, W -> the network's float32 output, ``scale`` x larger.
+
+    The one place a frame meets a graph's input shape, for every caller (enhance, eval, parity, auto,
+    bench): frames are padded to the input multiple, or to exactly the input size of a fixed-size graph
+    (larger ones run in tiles of that size), and the output is cropped back.
+    """
+    name_in, name_out = backend.inputs[0].name, backend.outputs[0].name
+    dtype = np.float16 if backend.inputs[0].dtype == "float16" else np.float32
+
+    def fn(t: np.ndarray) -> np.ndarray:
+        y = np.asarray(backend.infer({name_in: np.ascontiguousarray(t, dtype=dtype)})[name_out], np.float32)
+        if y.shape[-2:] != (t.shape[-2] * scale, t.shape[-1] * scale):
+            # A wrong scale would otherwise be cropped away silently.
+            where = path if path is not None else backend.name
+            raise DFNError(f"{where}: output {y.shape[-2]}x{y.shape[-1]} for an input of "
+                           f"{t.shape[-2]}x{t.shape[-1]}, expected scale {scale} (set \"scale\" in "
+                           f"the model's .json sidecar)")
+        require_finite(y, path if path is not None else backend.name, backend.name)
+        return y
+
+    fixed = fixed_input_size(backend)
+    if fixed is None:
+        return lambda x: run_tiled(fn, x, tile, overlap, scale, multiple)
+    run_one = fn
+
+    def fn_fixed(t: np.ndarray) -> np.ndarray:  # pad each frame (or tile) up to exactly the graph's size
+        h, w = t.shape[-2:]
+        tp = np.pad(t, ((0, 0), (0, 0), (0, fixed[0] - h), (0, fixed[1] - w)), mode="symmetric")
+        return run_one(tp)[..., : h * scale, : w * scale]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if x.shape[-2] <= fixed[0] and x.shape[-1] <= fixed[1]:
+            return fn_fixed(x)
+        return run_tiled(fn_fixed, x, min(tile, *fixed), overlap, scale, multiple)
+
+    return run
+
+
 @dataclass
 class Enhancer:
     """Runs one model on uint8 RGB frames of any size."""
@@ -66,40 +115,13 @@ class Enhancer:
 
     def run_network(self, x: np.ndarray) -> np.ndarray:
         """:meth:`run_tensor` without the exposure calibration: the network's output, tiled as needed."""
-        name_in = self.backend.inputs[0].name
-        name_out = self.backend.outputs[0].name
-        dtype = np.dtype(self.backend.inputs[0].dtype) if self.backend.inputs[0].dtype in ("float32", "float16") else np.float32
-
-        def fn(t: np.ndarray) -> np.ndarray:
-            y = np.asarray(self.backend.infer({name_in: np.ascontiguousarray(t, dtype=dtype)})[name_out], np.float32)
-            if y.shape[-2:] != (t.shape[-2] * self.scale, t.shape[-1] * self.scale):
-                # A wrong scale would otherwise be cropped away silently.
-                raise DFNError(f"{self.artifact.path}: output {y.shape[-2]}x{y.shape[-1]} for an input of "
-                               f"{t.shape[-2]}x{t.shape[-1]}, expected scale {self.scale} (set \"scale\" in "
-                               f"{self.artifact.path.name}.json)")
-            return y
-
-        fixed, tile = self.fixed_size, self.tile
-        if fixed is not None:  # a fixed-size graph: pad each frame (or tile) up to exactly that size
-            run_one = fn
-
-            def fn(t: np.ndarray) -> np.ndarray:
-                h, w = t.shape[-2:]
-                tp = np.pad(t, ((0, 0), (0, 0), (0, fixed[0] - h), (0, fixed[1] - w)), mode="symmetric")
-                return run_one(tp)[..., : h * self.scale, : w * self.scale]
-
-            if x.shape[-2] <= fixed[0] and x.shape[-1] <= fixed[1]:
-                return fn(x)
-            tile = min(tile, *fixed)
-        return run_tiled(fn, x, tile, self.overlap, self.scale, self.artifact.multiple)
+        return network_fn(self.backend, self.scale, self.artifact.multiple, self.tile, self.overlap,
+                          self.artifact.path)(x)
 
     @property
     def fixed_size(self) -> tuple[int, int] | None:
         """``(H, W)`` when the backend's input has a fixed spatial size (a static-shape export)."""
-        shape = self.backend.inputs[0].shape
-        if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
-            return int(shape[2]), int(shape[3])
-        return None
+        return fixed_input_size(self.backend)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return to_image(self.run_tensor(to_tensor(rgb)))

@@ -7,12 +7,18 @@ RGBA, palette and CMYK images all come out as 8-bit RGB.
 
 from __future__ import annotations
 
+import errno
 import glob
+import hashlib
 import os
 import re
+import socket
+import stat
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -59,12 +65,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.exists():
-        raise DFNError(f"{path}: no such file")
     if path.is_dir():
         raise DFNError(f"{path}: is a folder, not an image")
-    if path.stat().st_size == 0:
-        raise DFNError(f"{path}: empty file (0 bytes)")
+    problem = file_problem(path)
+    if problem:
+        raise DFNError(f"{path}: {problem}")
     try:
         # Pillow warns about damaged metadata it skips; a good picture needs no such noise, and a
         # bad one gets its one-line error below.
@@ -85,6 +90,42 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
         raise DFNError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
     return _orient(arr, orientation)
+
+
+_NOT_REGULAR = [(stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a file, in words ("broken symbolic link (...)", "a FIFO ..."), or None.
+
+    Decided from ``stat`` alone, never by opening: opening a FIFO waits for a writer forever, and reading a
+    device may never end.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return missing_reason(path, exc)
+    for is_kind, kind in _NOT_REGULAR:
+        if is_kind(st.st_mode):
+            return f"is {kind}, not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
+def missing_reason(path: str | Path, exc: OSError) -> str:
+    """What an ``OSError`` from ``stat(path)`` means to a user: a link loop and a dangling link are not
+    "no such file"."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (following the link leads back to it)"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return f"broken symbolic link (points to {os.readlink(path)}, which does not exist)"
+    if exc.errno == errno.ENOENT:
+        return "no such file"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return (exc.strerror or str(exc)).lower()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -162,15 +203,25 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Keep OpenCV's own log lines off the terminal (libpng's "IHDR chunk shall be first", the FFmpeg
+    backend's "can't be used to capture by name"): dfn's one-line error says what went wrong.
+    ``DFN_DEBUG=1`` lets them through."""
+    level = cv2.utils.logging.getLogLevel()
+    if not os.environ.get("DFN_DEBUG"):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def _read_with_opencv(path: Path) -> np.ndarray | None:
     """Fallback for what Pillow does not know (e.g. some 16-bit multi-channel TIFFs)."""
     buf = np.fromfile(path, np.uint8)
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no libtiff chatter on stderr
-    try:
+    with quiet_opencv():
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16 bits and alpha
-    finally:
-        cv2.utils.logging.setLogLevel(level)
     if img is None:
         return None
     if img.ndim == 3:
@@ -190,15 +241,92 @@ def encode_image(rgb: np.ndarray, suffix: str) -> bytes:
     return buf.tobytes()
 
 
+# Temporaries are named for the process that writes them, ``.NAME.PID-HOST.RANDOM.part``, so that another
+# run writing into the same folder can tell a live writer's in-flight file (left alone) from one that a
+# killed process left behind (removed). A name without an owner is never judged abandoned.
+_OWNED = re.compile(r"^\..+\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})\.[A-Za-z0-9_]+\.part$")
+# Video files and codec probes (runtime.sinks): ``.NAME.PID[-HOST].part.EXT``,
+# ``.dfn-probe-PID[-HOST]-FOURCC.EXT``; names from before the host was recorded count as this host's.
+_OWNED_VIDEO = re.compile(r"^\..+\.(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?\.part\.\w+$")
+_OWNED_PROBE = re.compile(r"^\.dfn-probe-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?-\w+\.\w+$")
+
+
+def host_tag() -> str:
+    """This machine, as a temporary's name records it (a shared network folder sees several machines)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``PID-HOST`` of this process (or of ``pid`` on this host), as temporaries' names carry it."""
+    return f"{os.getpid() if pid is None else pid}-{host_tag()}"
+
+
+def temporary_name(name: str, pid: int | None = None) -> str:
+    """The name of a temporary for ``name`` written by this process (or by ``pid`` on this host)."""
+    return f".{name}.{owner_tag(pid)}.{os.urandom(4).hex()}.part"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (someone else's process counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**22  # someone else's process (or an impossible pid)
+    return True
+
+
+def is_abandoned(name: str) -> bool:
+    """Whether the temporary called ``name`` is provably left over: its writer, named in it, is a process of
+    this machine that no longer runs. Anything else (a live writer, another machine's, no owner) is not."""
+    m = _OWNED.match(name) or _OWNED_VIDEO.match(name) or _OWNED_PROBE.match(name)
+    if m is None or (m.group("host") is not None and m.group("host") != host_tag()):
+        return False
+    return not pid_alive(int(m.group("pid")))
+
+
+def remove_abandoned_temporaries(folder: str | Path, *patterns: str) -> None:
+    """Delete the temporaries in ``folder`` matching ``patterns`` (globs; default: every hidden file) whose
+    writer is gone (:func:`is_abandoned`): what a ``kill -9`` mid-write left."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for pattern in patterns or (".*",):
+        for path in folder.glob(pattern):
+            if is_abandoned(path.name):
+                path.unlink(missing_ok=True)
+
+
+class WriteError(DFNError, OSError):
+    """An output that could not be written, named by its final path (not by its hidden temporary)."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        OSError.__init__(self, exc.errno, exc.strerror, str(path))
+        self.message = f"{path}: cannot write it ({exc.strerror or exc})"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
+
+    An ``OSError`` (disk full, permission denied, read-only file system) becomes a :class:`WriteError` that
+    names ``path``, also an ``OSError`` for callers that tolerate failed writes.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     # A write of this file cut short by kill -9 (nothing else can stop the clean-up below) left its
     # temporary behind; writing the file again is the moment to remove it.
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    remove_abandoned_temporaries(path.parent, f".{glob.escape(path.name)}.*.part")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give outputs normal permissions
         with os.fdopen(fd, "wb") as f:
@@ -206,8 +334,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, DFNError):
+            raise WriteError(path, exc) from None
         raise
 
 

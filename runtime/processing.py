@@ -10,6 +10,8 @@ from typing import Callable
 
 import numpy as np
 
+from deepfusionnet.errors import DFNError
+
 
 def to_tensor(rgb: np.ndarray) -> np.ndarray:
     """uint8 ``(H, W, 3)`` -> float32 ``(1, 3, H, W)`` in [0, 1]."""
@@ -24,6 +26,15 @@ def to_image(x: np.ndarray) -> np.ndarray:
         x = x[0]
     x = np.nan_to_num(x.astype(np.float32, copy=False), nan=0.0)
     return np.ascontiguousarray((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0))
+
+
+def require_finite(y: np.ndarray, where, backend: str) -> None:
+    """Fail the frame when a model's output holds NaN or Inf: clipped to [0, 1] they would be written as a
+    black (or white) picture with exit 0. Called on every backend's output before anything else uses it."""
+    if not np.isfinite(y).all():
+        bad = int(y.size - np.count_nonzero(np.isfinite(y)))
+        raise DFNError(f"{where}: the model's output holds NaN or Inf ({bad:,} of {y.size:,} values, on "
+                       f"{backend}): broken weights, or a precision that overflows on this input")
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:

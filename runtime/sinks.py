@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.images import write_image
+from deepfusionnet.runtime.images import owner_tag, remove_abandoned_temporaries, write_image
 from deepfusionnet.runtime.sources import Frame, has_gstreamer
 
 # Codecs tried per container, in order; the last resort is Motion-JPEG in an AVI, which every
@@ -57,7 +57,7 @@ class ImageFileSink:
 def probe_codec(folder: Path, suffix: str, fourcc: str, size: tuple[int, int], fps: float) -> bool:
     """Whether ``fourcc`` in a ``suffix`` container can be written at ``size`` (H, W) and read back."""
     h, w = size
-    probe = folder / f".dfn-probe-{os.getpid()}-{fourcc}{suffix}"
+    probe = folder / f".dfn-probe-{owner_tag()}-{fourcc}{suffix}"
     try:
         writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
         if not writer.isOpened():
@@ -77,28 +77,11 @@ def probe_codec(folder: Path, suffix: str, fourcc: str, size: tuple[int, int], f
         probe.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid < 2**22  # someone else's process (or an impossible pid)
-    return True
-
-
 def remove_stale_temporaries(folder: Path, name: str) -> None:
     """Delete what a killed run (``kill -9``) left while writing ``name`` in ``folder``: its hidden
-    ``.NAME.PID.part.EXT`` file and codec probes, when the process that made them is gone."""
-    if not folder.is_dir():
-        return
-    stem = Path(name).stem
-    patterns = [f".{glob.escape(stem)}.*.*.part.*", ".dfn-probe-*-*"]
-    for pattern in patterns:
-        for path in folder.glob(pattern):
-            fields = path.name.split("-")[2] if path.name.startswith(".dfn-probe-") else path.name.split(".")[-3]
-            if fields.isdigit() and not _pid_alive(int(fields)):
-                path.unlink(missing_ok=True)
+    ``.NAME.PID-HOST.part.EXT`` file and codec probes, when the process that made them is gone (a run
+    writing the same name right now keeps its files)."""
+    remove_abandoned_temporaries(folder, f".{glob.escape(Path(name).stem)}.*.part.*", ".dfn-probe-*-*")
 
 
 class VideoFileSink:
@@ -145,7 +128,7 @@ class VideoFileSink:
             self.log(f"{self.path}: no {suffix} encoder in this OpenCV build; writing {final} ({fourcc}) instead")
             self.path = final
         self.codec = fourcc
-        self.tmp = folder / f".{self.path.name}.{os.getpid()}.part{cand_suffix}"
+        self.tmp = folder / f".{self.path.name}.{owner_tag()}.part{cand_suffix}"
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, (size[1], size[0]))
         if not self.writer.isOpened():
             self.tmp.unlink(missing_ok=True)

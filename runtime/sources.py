@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.images import read_image
+from deepfusionnet.runtime.images import file_problem, quiet_opencv, read_image
 from deepfusionnet.runtime.uris import Location, parse_source
 
 DEFAULT_FPS = 30.0
@@ -96,12 +96,14 @@ class VideoSource:
         self.path = Path(path)
         self.loop, self.realtime, self.max_frames = loop, realtime, max_frames
         self.live = loop or realtime
-        if not self.path.is_file():
-            raise DFNError(f"{self.path}: no such video file")
-        if self.path.stat().st_size == 0:
-            raise DFNError(f"{self.path}: empty video file (0 bytes)")
-        self.cap = cv2.VideoCapture(str(self.path))
-        ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
+        problem = file_problem(self.path)
+        if problem in ("no such file", "empty file (0 bytes)"):
+            raise DFNError(f"{self.path}: {problem.replace('file', 'video file', 1)}")
+        if problem:  # a FIFO or device would block OpenCV's open
+            raise DFNError(f"{self.path}: {problem}")
+        with quiet_opencv():
+            self.cap = cv2.VideoCapture(str(self.path))
+            ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
         if not ok or first is None:
             self.cap.release()
             raise DFNError(f"{self.path}: cannot read any frame (broken file, or a codec this OpenCV lacks)")
@@ -211,8 +213,9 @@ class CaptureSource:
         self.reconnect, self.backoff, self.max_frames = reconnect, backoff, max_frames
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.lost = False
-        self.cap = opener()
-        ok, first = (self.cap.read() if self.cap is not None and self.cap.isOpened() else (False, None))
+        with quiet_opencv():  # a URL OpenCV cannot open is our one line, not its WARN lines
+            self.cap = opener()
+            ok, first = (self.cap.read() if self.cap is not None and self.cap.isOpened() else (False, None))
         if not ok or first is None:
             self._release()
             raise DFNError(f"{name}: cannot open the source or read a first frame")
@@ -240,7 +243,8 @@ class CaptureSource:
             wait *= 2
             self._release()
             try:
-                self.cap = self.opener()
+                with quiet_opencv():
+                    self.cap = self.opener()
             except Exception:
                 self.cap = None
             if self.cap is not None and self.cap.isOpened():

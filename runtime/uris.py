@@ -20,16 +20,24 @@ word                        kind        what it means
 
 from __future__ import annotations
 
+import mimetypes
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.images import IMAGE_SUFFIXES
+from deepfusionnet.runtime.images import IMAGE_SUFFIXES, file_problem
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".mts", ".m2ts", ".3gp", ".ogv", ".mjpeg", ".mjpg", ".y4m")
+# Pictures and videos people have that dfn cannot read or write: named so, instead of being skipped or
+# taken for a folder name. Python's own MIME table (not the system's, which differs between machines)
+# adds the rest.
+UNSUPPORTED_MEDIA = (".gif", ".apng", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".psd", ".raw",
+                     ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".exr", ".hdr", ".tga",
+                     ".svg", ".ico", ".pgm", ".ppm", ".pbm", ".pnm")
 LIVE_KINDS = ("v4l2", "csi", "rtsp", "gstreamer")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "rtp", "srt")
 
@@ -66,7 +74,36 @@ class Location:
 
 
 def is_pipeline(text: str) -> bool:
-    return "!" in text and "://" not in text.split("!")[0]
+    """Whether ``text`` is a GStreamer pipeline: elements joined by ``!``. A word without spaces that ends in
+    an image or video suffix (``x!.png``) is a file name."""
+    if "!" not in text or "://" in text.split("!")[0]:
+        return False
+    return any(c.isspace() for c in text) or not (is_media_path(text) or unsupported_media(text))
+
+
+def is_media_path(text: str | Path) -> bool:
+    """Whether the name ends in a suffix dfn reads and writes (an image or a video)."""
+    return Path(text).suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+
+
+@lru_cache(maxsize=1)
+def _mime_types() -> mimetypes.MimeTypes:
+    return mimetypes.MimeTypes()  # Python's built-in table only: the same answer on every machine
+
+
+def unsupported_media(text: str | Path) -> str | None:
+    """The format's name (``"GIF"``) when ``text`` names a picture or video dfn cannot handle, else None."""
+    suffix = Path(text).suffix.lower()
+    if not suffix or suffix in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        return None
+    mime = _mime_types().guess_type(f"x{suffix}")[0] or ""
+    if suffix in UNSUPPORTED_MEDIA or mime.startswith(("image/", "video/")):
+        return suffix[1:].upper()
+    return None
+
+
+def supported_formats() -> str:
+    return f"images: {', '.join(IMAGE_SUFFIXES)}; videos: {', '.join(VIDEO_SUFFIXES[:6])}, ..."
 
 
 def _options(query: str) -> dict:
@@ -112,12 +149,18 @@ def parse_source(text: str) -> Location:
         raise DFNError(f"{text}: unknown source scheme {scheme!r} (use a path, file://, v4l2://, csi://, rtsp:// "
                        "or a GStreamer pipeline)")
     path = Path(text)
-    if not path.exists():
+    if path.is_dir():
+        return Location("folder", text, text)
+    problem = file_problem(path)
+    if problem == "no such file":
         raise DFNError(f"{text}: no such file or folder")
+    if problem and problem != "empty file (0 bytes)":  # an empty image or video is named when it is read
+        raise DFNError(f"{text}: {problem}")
     kind = _path_kind(path)
     if not kind:
-        raise DFNError(f"{text}: not an image, video or folder (images: {', '.join(IMAGE_SUFFIXES)}; "
-                       f"videos: {', '.join(VIDEO_SUFFIXES[:6])}, ...)")
+        fmt = unsupported_media(path)
+        what = f"{fmt} files are not supported" if fmt else "not an image, video or folder"
+        raise DFNError(f"{text}: {what} ({supported_formats()})")
     return Location(kind, text, text)
 
 
@@ -140,4 +183,7 @@ def parse_sink(text: str) -> Location:
         return Location("image", text, text)
     if suffix in VIDEO_SUFFIXES and not Path(text).is_dir():
         return Location("video", text, text)
+    fmt = unsupported_media(text)
+    if fmt and not Path(text).is_dir():  # not a folder to create: the user wanted a file of that format
+        raise DFNError(f"-o {text}: cannot write {fmt} files ({supported_formats()}); or name a folder")
     return Location("folder", text, text)

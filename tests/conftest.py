@@ -25,13 +25,50 @@ def _has_cuda() -> bool:
         return False
 
 
+def _has_torch_cuda() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# What each GPU stack needs: ``@pytest.mark.gpu`` tests TensorRT, ``@pytest.mark.gpu(stack="torch")`` a CUDA
+# build of torch (training, the torch backend); each is checked only when a test needs it.
+_GPU_STACKS = {"tensorrt": (_has_cuda, "needs CUDA and TensorRT (none on this machine)"),
+               "torch": (_has_torch_cuda, "needs a CUDA GPU visible to torch (none on this machine)")}
+
+
+def pytest_configure(config):
+    """The ``auto`` backend's decision cache of this test session: a temporary folder, never the user's
+    (``~/.cache/deepfusionnet`` or their ``$DFN_CACHE``): a test's toy models and timings must not steer
+    real runs. Set in the environment, so every ``dfn`` process a test starts uses it too."""
+    import os
+    import tempfile
+
+    config._dfn_cache = tempfile.mkdtemp(prefix="dfn-test-cache-")
+    os.environ["DFN_CACHE"] = config._dfn_cache
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "_dfn_cache", None):
+        shutil.rmtree(config._dfn_cache, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
-    if _has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA and TensorRT (none on this machine)")
+    available: dict[str, bool] = {}
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" not in item.keywords:
+            continue
+        marker = item.get_closest_marker("gpu")
+        stack = marker.kwargs.get("stack", "tensorrt") if marker is not None else "tensorrt"
+        check, reason = _GPU_STACKS[stack]
+        if stack not in available:
+            available[stack] = check()
+        if not available[stack]:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +88,13 @@ def lol_train() -> Path:
     if not (LOL / "train" / "low").is_dir():
         pytest.skip("LOL-v1 train not found beside the repository (../shared/data/lol-v1)")
     return LOL / "train"
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """Restore torch's intra-op thread count after a test that trains (training sets it)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -131,6 +131,11 @@ def test_graphs_carry_precision_metadata_and_sidecars(exported):
             zps = {i.name: i for i in proto.graph.initializer}
             for node in q:
                 assert not np.any(onnx.numpy_helper.to_array(zps[node.input[2]]))
+            # biases stay float: no DequantizeLinear reads an integer wider than 8 bits (TensorRT refuses it)
+            dq_inputs = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+            wide = [i.name for i in proto.graph.initializer if i.name in dq_inputs
+                    and i.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.INT4)]
+            assert wide == []
         else:
             assert "QuantizeLinear" not in ops
         # FP32 in, FP32 out, whatever the precision inside
@@ -147,10 +152,36 @@ def test_graphs_carry_precision_metadata_and_sidecars(exported):
                 assert side["calibration"]["method"] == "percentile"
                 # the fallback search checked other frames than it calibrated on and met its target
                 fb = side["calibration"]["fallback"]
-                assert len(fb["frames"]) == 16 and fb["target_db"] == 35.0
+                assert len(fb["frames"]) == 8 and fb["target_db"] == 35.0
                 assert fb["steps"][-1]["worst_db"] >= 35.0
                 kept = {n.split("/")[1] for n in side["calibration"]["excluded_nodes"] if n.count("/") > 1}
                 assert set(fb["stages_kept_float"]) <= kept
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed"])
+def test_exported_graphs_pass_tensorrt_conformance_and_polygraphy_lint(exported, tmp_path, fixed):
+    """Both models at every precision, dynamic as exported and pinned to a fixed size as --size pins
+    them, pass the TensorRT 10 and 11 rules (the export gate checked the dynamic ones already; this
+    re-checks the files) and Polygraphy's lint, a tool this project did not write."""
+    pytest.importorskip("polygraphy")
+    from deepfusionnet.export.conformance import check_graph, errors, polygraphy_lint
+    from deepfusionnet.export.onnx import fix_input_size
+
+    for (model, precision), path in exported.items():
+        proto = onnx.load(path)
+        if fixed:
+            proto = fix_input_size(proto, 320, 240)
+            path = tmp_path / f"{model}-{precision}-fixed.onnx"
+            onnx.save(proto, path)
+        else:
+            side = json.loads(Path(f"{path}.json").read_text())
+            assert side["conformance"] == {"trt10": "pass", "trt11": "pass", "polygraphy_lint": "pass"}
+        for target in ("trt10", "trt11"):
+            assert errors(check_graph(proto, target)) == [], (model, precision, target)
+        if fixed:  # DLA needs the fixed size; FP16/INT8 graphs carry no DLA errors then
+            assert errors(check_graph(proto, "trt10", dla=True)) == [], (model, precision)
+        if fixed:  # the export gate linted the dynamic files (the sidecar says so above)
+            assert errors(polygraphy_lint(path, proto)) == [], (model, precision)
 
 
 def test_fp16_keeps_global_reductions_fp32(exported):
@@ -492,3 +523,52 @@ def test_cli_export_writes_graph_sidecar_and_checks(tmp_path, samples, capsys):
     assert "multiples of 8" in capsys.readouterr().err
     assert main(["export", "deepfusionnet-sr", "-o", str(out), "--keep-float", "/dec2/", "--no-check"]) == 1
     assert "use them with --precision int8" in capsys.readouterr().err
+
+
+def test_int8_export_needs_calibration_frames_and_leaves_nothing_behind(tmp_path, samples):
+    out = tmp_path / "sr.int8.onnx"
+    with pytest.raises(DFNError, match="INT8 export needs --calib DIR"):
+        export_model("deepfusionnet-sr", out, ExportOptions(precision="int8"))
+    assert not out.exists() and not Path(f"{out}.json").exists()
+    # a failure after the graph was written (here: check images that are not images) removes it again
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DFNError):
+        export_model("deepfusionnet-sr", out, ExportOptions(check_data=junk, lint=False))
+    assert not out.exists() and not Path(f"{out}.json").exists()
+
+
+def test_int8_quantization_keeps_stdout_clean(capsys):
+    """ONNX Runtime prints its calibration steps; `dfn export --json` must print only JSON on stdout."""
+    from deepfusionnet.export.precision import int8_from_onnx
+
+    Reader, _ = _mixed_range_frames()
+    q, _, _ = int8_from_onnx(_mixed_range_graph(), Reader(), "percentile", exclude=[])
+    assert capsys.readouterr().out == ""
+    assert any(n.op_type == "DequantizeLinear" for n in q.graph.node)
+
+
+@pytest.mark.slow
+def test_export_from_an_installed_wheel_without_the_repository(tmp_path):
+    """`pip install deepfusionnet` ships the sample frames the defaults need: an FP32 export checks against
+    them from a folder with no checkout in sight, and INT8 without --calib is one line with nothing left."""
+    repo = Path(__file__).resolve().parents[1]
+    wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(repo), "--no-deps", "-w", str(wheels)], check=True, timeout=300)
+    (wheel,) = wheels.glob("deepfusionnet-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = ("import sys, deepfusionnet; from deepfusionnet.cli import main; "
+            "assert deepfusionnet.__file__.startswith(sys.argv[1]), deepfusionnet.__file__; "
+            "sys.exit(main(sys.argv[2:]))")
+    dfn = [sys.executable, "-c", code, str(site), "export", "deepfusionnet-sr", "--no-lint", "-o"]
+    ok = subprocess.run([*dfn, "sr.onnx"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr
+    assert "deepfusionnet/samples/night" in ok.stderr and "PASS" in ok.stderr
+    bad = subprocess.run([*dfn, "sr.int8.onnx", "--precision", "int8"], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "--calib" in bad.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["sr.onnx", "sr.onnx.json"]

@@ -362,7 +362,11 @@ def test_interrupted_write_keeps_old_file_and_leaves_nothing(tmp_path, monkeypat
 
 
 def test_rewrite_removes_temporaries_left_by_a_killed_write(tmp_path):
-    (tmp_path / ".o.png.x1y2z3ab.part").write_bytes(b"half")  # what kill -9 mid-write leaves
-    (tmp_path / ".other.png.x1y2z3ab.part").write_bytes(b"half")  # another file's: not ours to judge
+    from deepfusionnet.runtime.images import temporary_name
+
+    dead = 4194304  # above Linux's pid_max: never a running process
+    (tmp_path / temporary_name("o.png", dead)).write_bytes(b"half")  # what kill -9 mid-write leaves
+    other = temporary_name("other.png", dead)  # another file's: not ours to judge
+    (tmp_path / other).write_bytes(b"half")
     write_image(tmp_path / "o.png", RGB)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.png.x1y2z3ab.part", "o.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other, "o.png"]

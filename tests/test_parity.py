@@ -145,7 +145,6 @@ def test_parity_runs_without_torch(tiny_onnx, small_frames):
 def test_sr_parity_on_pairs_feeds_degraded_ground_truth(tiny_onnx, lol_eval15):
     """An SR model upscales normal-light frames: on pairs, parity feeds it the blurred, downscaled
     ground truth (as dfn eval does) and scores it against that ground truth, not the dark image."""
-    from deepfusionnet.export.precision import default_calibration_dir
     from deepfusionnet.runtime.compare import compare_models
 
     report = compare_models(str(tiny_onnx["fp32"]), str(tiny_onnx["fp16"]), lol_eval15, "fp16", limit=1,
@@ -154,4 +153,3 @@ def test_sr_parity_on_pairs_feeds_degraded_ground_truth(tiny_onnx, lol_eval15):
     high = read_image(sorted((lol_eval15 / "high").iterdir())[0])
     assert img.shape[2:] == high.shape[:2]  # x2 of the half-size degraded input = ground-truth size
     assert img.gt_psnr_reference > 20  # a dark input upscaled would score far lower against the bright GT
-    assert default_calibration_dir(2).name == "high" and default_calibration_dir(1).name == "low"

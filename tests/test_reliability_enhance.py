@@ -24,7 +24,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from deepfusionnet.cli import main  # noqa: E402
-from deepfusionnet.runtime.images import read_image  # noqa: E402
+from deepfusionnet.runtime.images import read_image, temporary_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -396,7 +396,8 @@ def test_kill9_leaves_no_temporaries_after_resume(tmp_path, slow_model):
     args = [src, "-o", out, "--model", slow_model, "--backend", "onnxruntime"]
     # Plant what a kill -9 mid-write leaves behind (the real race is too narrow to hit on demand).
     out.mkdir()
-    (out / ".00.png.abc123.part").write_bytes(b"\x89PNG half")
+    # pid 4194304 is above Linux's pid_max: the process that was writing it is surely gone.
+    (out / temporary_name("00.png", 4194304)).write_bytes(b"\x89PNG half")
     proc = _start(*args, "--skip-existing")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

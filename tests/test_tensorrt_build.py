@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,10 +162,44 @@ def test_dla_core(tmp_path, world, cuda):
     with pytest.raises(DFNError, match="no DLA"):
         build(tmp_path, world, cuda, options=BuildOptions(dla_core=0))
     with pytest.raises(DFNError, match="has 2 DLA core"):
-        build(tmp_path, world, cuda, make_tensorrt(world, dla_cores=2), BuildOptions(dla_core=2))
-    build(tmp_path, world, cuda, make_tensorrt(world, dla_cores=2), BuildOptions(dla_core=1))
+        build(tmp_path, world, cuda, make_tensorrt(world, dla_cores=2),
+              BuildOptions(dla_core=2, shape=(64, 64)))
+    build(tmp_path, world, cuda, make_tensorrt(world, dla_cores=2),
+          BuildOptions(dla_core=1, shape=(480, 640)))
     plan = json.loads((tmp_path / "m.engine").read_bytes()[len(PLAN_MAGIC):])
     assert plan["dla"] == 1 and ("set_flag", "GPU_FALLBACK") in world.calls
+    assert plan["io"][0]["profile"] == [[1, 3, 480, 640]] * 3
+    # A graph of fixed size needs no --shape.
+    build(tmp_path, world, cuda, make_tensorrt(world, dla_cores=2), BuildOptions(dla_core=0),
+          onnx=make_onnx(tmp_path / "s.onnx", h=64, w=96))
+
+
+@pytest.mark.parametrize("options", [BuildOptions(dla_core=0),  # the default range of a dynamic graph
+                                     BuildOptions(dla_core=0, min_shape=(256, 256), max_shape=(1088, 1920))])
+def test_dla_refuses_a_shape_range(tmp_path, world, cuda, options):
+    """DLA has no dynamic shapes (min = opt = max): refused in one line before anything is built."""
+    with pytest.raises(DFNError) as err:
+        build(tmp_path, world, cuda, make_tensorrt(world, dla_cores=2), options)
+    msg = str(err.value)
+    assert msg.startswith("--dla-core needs a fixed input size") and "\n" not in msg
+    assert "input 'input' would get min " in msg and "--shape 640x480" in msg
+    assert "build_serialized_network" not in world.names() and not (tmp_path / "m.engine").exists()
+
+
+def test_trt_extra_pins_cuda_bindings_12():
+    """[trt] must resolve to CUDA 12 bindings that have cuda.bindings: not 13.x (needs a CUDA 13 driver;
+    JetPack 6 is CUDA 12), not cuda-python 12.6.0 (no cuda.bindings module)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement  # a dependency of pytest
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    reqs = [Requirement(r) for r in extras["trt"]]
+    cuda = [r for r in reqs if r.name in ("cuda-bindings", "cuda-python")]
+    assert len(cuda) == 1, extras["trt"]
+    spec = cuda[0].specifier
+    assert not spec.contains("13.0.0") and not spec.contains("13.4.4")
+    assert not spec.contains("12.6.0") and spec.contains("12.9.10")
 
 
 def test_old_tensorrt_refused(tmp_path, world, cuda):

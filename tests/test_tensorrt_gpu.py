@@ -89,15 +89,15 @@ def test_engine_matches_onnxruntime_fp32(engines, exported, samples, prec, min_d
 
 
 def test_cuda_graph_gives_the_same_output(engines, samples):
+    """Replays must follow each new frame: a graph kept from a failed capture would hand back frame 1."""
     from deepfusionnet.runtime.backends.tensorrt import TensorRTBackend
 
-    x = _frames(samples, 1)[0]
+    frames = _frames(samples, 3)
     plain, graph = TensorRTBackend(engines["fp16"]), TensorRTBackend(engines["fp16"], cuda_graph=True)
     try:
-        a = plain.infer({"input": x})["output"]
-        for _ in range(3):  # capture, then replay
-            b = graph.infer({"input": x})["output"]
-        np.testing.assert_array_equal(a, b)
+        for x in frames + frames:  # capture on the first, replays after
+            np.testing.assert_array_equal(graph.infer({"input": x})["output"], plain.infer({"input": x})["output"])
+        assert graph.cuda_graph, "the fp16 engine should be capturable; see stderr for why it was not"
     finally:
         plain.close()
         graph.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import types
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -20,7 +22,7 @@ from deepfusionnet.runtime.backends.cuda import CudaBindings, CudaError, PyCuda
 from deepfusionnet.runtime.backends.tensorrt import TensorRTBackend
 from deepfusionnet.runtime.images import read_image
 from deepfusionnet.runtime.processing import to_tensor
-from fakes.cuda import World, cudaError_t, make_cudart, make_pycuda_driver
+from fakes.cuda import World, cudaError_t, make_bindings_utils, make_cudart, make_pycuda_driver
 from fakes.graphs import make_onnx
 from fakes.tensorrt import make_tensorrt, reference
 
@@ -156,6 +158,8 @@ def test_cuda_graph_capture_and_replay(tmp_path, world, trt, cuda, frame):
     # one plain enqueue (after the shape change), then a captured one that does not run
     assert names.count("execute_async_v3") == 2 and names.count("kernel") == 1
     assert names.index("cudaStreamBeginCapture") < names.index("cudaGraphInstantiate")
+    # thread-local capture, as trtexec: a global one breaks CUDA work on other threads while it is open
+    assert ("cudaStreamBeginCapture", int(be.stream), "cudaStreamCaptureModeThreadLocal") in world.calls
     world.calls.clear()
     other = np.ascontiguousarray(frame[..., ::-1])
     np.testing.assert_allclose(be.infer({"input": other})["output"], ort_run(onnx, other), atol=1e-6)
@@ -263,7 +267,7 @@ def test_missing_tensorrt_or_cuda_python_is_one_line(tmp_path, monkeypatch, trt,
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(DFNError) as err:
         open_cuda()
-    assert "no CUDA Python API found" in str(err.value) and "cuda-python" in str(err.value)
+    assert "no CUDA Python API found" in str(err.value) and "cuda-bindings" in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -298,3 +302,196 @@ def test_verify_engine_without_sidecar_deserializes_or_says_it_cannot(tmp_path, 
     with pytest.raises(DFNError, match="no sidecar .* and TensorRT is not installed"):
         verify_engine(junk, {})
     assert verify_engine(junk, {"engine_bytes": junk.stat().st_size}).startswith("not verified")
+
+
+def _three_frames(frame):
+    return [frame, np.ascontiguousarray(frame[..., ::-1]), np.ascontiguousarray(1.0 - frame)]
+
+
+@pytest.mark.parametrize("failure", ["invalidate", "refuse"])
+def test_failed_capture_falls_back_and_never_replays_a_stale_graph(tmp_path, world, trt, cuda, frame, failure,
+                                                                    capsys):
+    """execute_async_v3 returning False under capture (trtexec's two cases: the capture was invalidated, or
+    TensorRT refused) ends the capture, discards it, clears the pending CUDA error and runs plainly."""
+    onnx, engine = make_engine(tmp_path, trt, cuda)
+    be = TensorRTBackend(engine, trt=trt, cuda=cuda, cuda_graph=True)
+    world.capture_failure = failure
+    frames = _three_frames(frame)
+    world.calls.clear()
+    np.testing.assert_allclose(be.infer({"input": frames[0]})["output"], ort_run(onnx, frames[0]), atol=1e-6)
+    names = world.names()
+    assert "cudaGraphInstantiate" not in names and be.cuda_graph is False
+    assert names.index("cudaStreamEndCapture") < names.index("cudaGetLastError") and world.last_error == 0
+    if failure == "refuse":  # the capture ended with a graph; it must be destroyed, not kept
+        assert "cudaGraphDestroy" in names
+    err = capsys.readouterr().err
+    assert err.count("running without graphs") == 1 and "cannot run inside a CUDA graph" in err
+    for x in frames[1:]:  # every later frame is computed, not frame 1 replayed
+        world.calls.clear()
+        np.testing.assert_allclose(be.infer({"input": x})["output"], ort_run(onnx, x), atol=1e-6)
+        assert world.names().count("kernel") == 1 and "cudaGraphLaunch" not in world.names()
+        assert "cudaStreamBeginCapture" not in world.names()
+    be.close()
+
+
+def test_failed_end_capture_clears_the_pending_error(tmp_path, world, trt, cuda, frame, capsys):
+    onnx, engine = make_engine(tmp_path, trt, cuda)
+    be = TensorRTBackend(engine, trt=trt, cuda=cuda, cuda_graph=True)
+    world.fail["cudaStreamEndCapture"] = cudaError_t.cudaErrorStreamCaptureInvalidated
+    for x in _three_frames(frame):
+        np.testing.assert_allclose(be.infer({"input": x})["output"], ort_run(onnx, x), atol=1e-6)
+    assert world.last_error == 0 and "cudaGetLastError" in world.names()
+    assert be.cuda_graph is False and "cudaErrorStreamCaptureInvalidated" in capsys.readouterr().err
+    be.close()
+
+
+def test_stream_handle_is_the_raw_handle_never_a_pointer_to_it(tmp_path, monkeypatch):
+    """cuda-bindings: get_cuda_native_handle(s) / int(s) are the handle, s.getPtr() is &handle."""
+    gone = World(stream_int="removed", driver_version=13000)  # a cuda-bindings where int() is gone
+    bare = CudaBindings(make_cudart(gone), version="13.9.0")  # ... and no cuda.bindings.utils either
+    stream = bare.stream_create()
+    assert stream.getPtr() != stream.handle
+    with pytest.raises(CudaError, match="no raw CUDA stream handle.*12.9.1"):
+        bare.stream_handle(stream)  # refused, never the pointer to the handle
+    old = World()  # cuda-bindings 12.8 - 12.9.0: int() is the way, and there is no utils module
+    s = CudaBindings(make_cudart(old)).stream_create()
+    assert CudaBindings(make_cudart(old)).stream_handle(s) == s.handle
+
+    # cuda-bindings 12.9.1+ / 13.x: get_cuda_native_handle, so the deprecated int() is never called.
+    world = World(stream_int="deprecated", driver_version=13000)
+    for name, mod in (("cuda", types.ModuleType("cuda")),
+                      ("cuda.bindings", types.ModuleType("cuda.bindings")),
+                      ("cuda.bindings.runtime", make_cudart(world)),
+                      ("cuda.bindings.utils", make_bindings_utils(world))):
+        monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules["cuda.bindings"].__version__ = "13.0.1"
+    from deepfusionnet.runtime.backends.cuda import open_cuda
+
+    cuda = open_cuda("cuda-bindings")
+    trt = make_tensorrt(world)
+    _, engine = make_engine(tmp_path, trt, cuda)
+    x = np.random.default_rng(0).random((1, 3, 16, 24), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        be = TensorRTBackend(engine, trt=trt, cuda=cuda, cuda_graph=True)
+        for _ in range(2):  # capture, then replay
+            np.testing.assert_allclose(be.infer({"input": x})["output"], reference(x), atol=1e-6)
+    on = ("execute_async_v3", "cudaMemcpyAsync", "cudaGraphLaunch")
+    streams = {c[-1] for c in world.calls if c[0] in on}
+    assert streams == {be.stream.handle}
+    be.close()
+
+
+def test_refused_tensor_address_is_a_clear_error(tmp_path, trt, cuda, frame):
+    """set_tensor_address returns False (TensorRT 10.x) for a misaligned address: one line, no stale run."""
+    _, engine = make_engine(tmp_path, trt, cuda)
+    skewed = World(device_offset=8)  # device buffers off TensorRT's 256-byte alignment
+    be = TensorRTBackend(engine, trt=trt, cuda=CudaBindings(make_cudart(skewed)))
+    with pytest.raises(DFNError) as err:
+        be.infer({"input": frame})
+    msg = str(err.value)
+    assert "TensorRT refused the device address of tensor 'input'" in msg and "% 256" in msg
+    assert "\n" not in msg
+    assert "execute_async_v3" not in skewed.names()
+
+
+def test_pycuda_context_is_popped_on_close_and_at_exit(tmp_path, world, trt, cuda, frame, monkeypatch):
+    """pycuda aborts at exit when its context stack is not empty: each push is popped, on close or at exit."""
+    import atexit
+
+    from deepfusionnet.runtime.backends import tensorrt as trt_backend
+
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    monkeypatch.setattr(atexit, "unregister", at_exit.remove)
+    onnx, engine = make_engine(tmp_path, trt, cuda)
+    pw = World()
+    pc = PyCuda(make_pycuda_driver(pw))
+    assert len(pw.ctx_stack) == 1
+    monkeypatch.setattr(trt_backend, "open_cuda", lambda *a, **k: pc)  # the backend opens it, so it closes it
+    be = TensorRTBackend(engine, trt=trt)
+    np.testing.assert_allclose(be.infer({"input": frame})["output"], ort_run(onnx, frame), atol=1e-6)
+    be.close()
+    names = pw.names()
+    assert pw.ctx_stack == [] and at_exit == [] and names.count("Context.pop") == 1
+    assert names.index("Context.pop") > max(i for i, n in enumerate(names) if n == "free")  # buffers first
+    pc.close()
+    assert pw.names().count("Context.pop") == 1  # once only
+    # Never closed: the exit hook pops it, before pycuda's own clean-up would abort on a non-empty stack.
+    lost = World()
+    PyCuda(make_pycuda_driver(lost))
+    at_exit[0]()
+    assert lost.ctx_stack == [] and at_exit == []
+    # A CUDA interface handed in by the caller stays the caller's to close.
+    mine = World()
+    pc3 = PyCuda(make_pycuda_driver(mine))
+    TensorRTBackend(engine, trt=trt, cuda=pc3).close()
+    assert len(mine.ctx_stack) == 1
+    pc3.close()
+    assert mine.ctx_stack == []
+
+
+def _load_gpu_check():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _install_fake_cuda_bindings(monkeypatch, world, version="13.0.1"):
+    rt = make_cudart(world)
+    pkg = types.ModuleType("cuda.bindings")
+    pkg.__version__, pkg.runtime = version, rt
+    for name, mod in (("cuda", types.ModuleType("cuda")), ("cuda.bindings", pkg),
+                      ("cuda.bindings.runtime", rt), ("cuda.bindings.utils", make_bindings_utils(world))):
+        monkeypatch.setitem(sys.modules, name, mod)
+    rt.cudaGetDeviceCount = lambda: (cudaError_t.cudaSuccess, 1)
+    return rt
+
+
+def test_gpu_check_cuda_layer_runs_on_the_doubles(monkeypatch):
+    """benchmarks/gpu_check.py part (a) through the fake cuda-bindings: every check passes, and the
+    other-thread check is a real one (it fails when the capture is global, as the old code's was)."""
+    gpu_check = _load_gpu_check()
+    world = World(driver_version=13000)
+    rt = _install_fake_cuda_bindings(monkeypatch, world)
+    res = gpu_check.cuda_layer(nbytes=4096)
+    assert res["ok"], res["checks"]
+    assert set(res["checks"]) == {
+        "stream_handle_is_a_live_stream", "pinned_h2d_d2h_round_trip", "graph_replay_follows_input",
+        "other_thread_cudaMalloc_during_threadlocal_capture", "failed_capture_is_ended_and_error_cleared",
+        "copies_after_failed_capture"}
+    assert world.capturing == {} and world.last_error == 0
+    glob = rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+    monkeypatch.setattr(rt, "cudaStreamCaptureMode",
+                        types.SimpleNamespace(cudaStreamCaptureModeThreadLocal=glob))
+    res = gpu_check.cuda_layer(nbytes=4096)
+    assert not res["checks"]["other_thread_cudaMalloc_during_threadlocal_capture"]["ok"]
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_4(monkeypatch, tmp_path, capsys):
+    gpu_check = _load_gpu_check()
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "torch"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert gpu_check.main(["--out", str(tmp_path / "r.json")]) == gpu_check.NO_CUDA == 4
+    assert "no CUDA GPU visible" in capsys.readouterr().err
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["status"] == "no-cuda" and res["device"] is None and res["date"]
+
+
+def test_gpu_check_main_on_the_doubles(monkeypatch, tmp_path, capsys):
+    """With a (fake) GPU but no torch CUDA and no TensorRT: part (a) runs, (b) and (c) are skipped, exit 0."""
+    gpu_check = _load_gpu_check()
+    _install_fake_cuda_bindings(monkeypatch, World(driver_version=13000))
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert gpu_check.main(["--out", str(tmp_path / "r.json"), "--work", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["device"] == "Orin" and res["status"] == "ok" and res["parts"]["cuda_layer"]["ok"]
+    assert res["parts"]["torch_backend"]["skipped"].startswith("torch not installed")
+    assert res["parts"]["tensorrt"]["skipped"] == "TensorRT: not installed"
+    assert "TensorRT: not installed, skipped" in capsys.readouterr().err

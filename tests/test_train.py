@@ -50,10 +50,8 @@ def tiny(lol_train, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+def _keep_torch_threads(keep_torch_threads):
+    """Training sets torch's thread count; the next test gets back what it had (conftest)."""
 
 
 def dfn(capsys, *args: str) -> tuple[int, str]:
@@ -486,12 +484,13 @@ def test_torchrun_two_processes_gloo(tiny, tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this python")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
-           "deepfusionnet.cli", *map(str, train_args(tiny, out, 2, "--batch-size", "1"))]
+           "deepfusionnet.cli", *map(str, train_args(tiny, out, 2))]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     hist = json.loads((out / "metrics.json").read_text())
-    # 4 training pairs, 1 per rank per step, 2 ranks -> 2 steps per epoch: the ranks shared the data.
+    # 4 training pairs, a global batch of 2 split over 2 ranks -> 2 steps per epoch: the ranks shared
+    # the data.
     assert [r["step"] for r in hist] == [2, 4]
     assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "checkpoint.pt", "config.json", "curves.png",
                                                       "last.safetensors", "metrics.csv", "metrics.json"]

@@ -1,4 +1,5 @@
-"""Paired low/normal-light data: folder layouts, validation split, crops and augmentations, SR pairs.
+"""Paired low/normal-light data: folder layouts, validation split, crops and augmentations, SR pairs,
+and the sample stream that DataLoader workers cut for each process of a run.
 
 Images are read through the runtime's reader, so training sees frames exactly as the device does.
 """
@@ -6,11 +7,13 @@ Images are read through the runtime's reader, so training sees frames exactly as
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.evaluate import degrade_for_sr  # shared with dfn eval
@@ -199,3 +202,101 @@ def sr_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: int) -> tu
 
 def _chw(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sample stream: what every step of a run trains on, whatever the number of processes
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits the ``n`` training pairs."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclass
+class SampleStream(torch.utils.data.Dataset):
+    """The run's training samples, keyed by ``(epoch, position)``: position ``p`` of an epoch is pair
+    ``permutation[p % n]``, cropped and augmented by an RNG seeded with ``(seed, epoch, step, k)``
+    (step, k = divmod(p, global_batch)). Nothing depends on the process or worker that cuts a sample,
+    so a run replays the same global batches on any number of processes, with or without workers,
+    and resumes at any step."""
+
+    pairs: PairSet
+    seed: int
+    global_batch: int
+    crop: int
+    sr: bool = False
+    synthetic_prob: float = 0.0
+    _order: tuple[int, np.ndarray] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:  # computed once per epoch in each worker
+            self._order = (epoch, epoch_permutation(len(self.pairs), self.seed, epoch))
+        return self._order[1]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        epoch, position = key
+        step, k = divmod(position, self.global_batch)
+        i = int(self.permutation(epoch)[position % len(self.pairs)])
+        # The trailing 0 was the rank when each process drew its own samples: single-process runs kept
+        # their exact stream (and their checkpoints an exact resume) across that change.
+        rng = np.random.default_rng([self.seed, epoch, step, k, 0])
+        if self.sr:
+            return sr_sample(self.pairs, i, rng, self.crop)
+        return enhancement_sample(self.pairs, i, rng, self.crop, self.synthetic_prob)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """This process's share of every global batch from ``start_step`` of the epoch set by :meth:`set_epoch`.
+
+    Like ``DistributedSampler`` it deals positions round-robin (process ``rank`` of ``world`` takes
+    positions ``rank, rank + world, ...`` of each global batch), but over positions of the run's sample
+    stream rather than dataset indices, so a run can start mid-epoch and the global batch at a step is
+    the same set of samples on any number of processes.
+    """
+
+    def __init__(self, steps_per_epoch: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
+        if global_batch % world:
+            raise DFNError(f"--batch-size {global_batch} (the global batch) does not split evenly over "
+                           f"{world} processes; use a multiple of {world}")
+        self.steps_per_epoch, self.global_batch = steps_per_epoch, global_batch
+        self.rank, self.world = rank, world
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __iter__(self):
+        for step in range(self.start_step, self.steps_per_epoch):
+            for k in range(self.rank, self.global_batch, self.world):
+                yield self.epoch, step * self.global_batch + k
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * (self.global_batch // self.world)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the trainer stops between steps and shuts the workers
+    # down itself, so a worker must not die under a batch the loop is still waiting for.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One thread each: the workers are the parallelism, and the training process keeps its cores.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def make_loader(stream: SampleStream, sampler: ShardSampler, workers: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of ``(input, target)`` for this process: ``workers`` processes crop and augment ahead of
+    the loop (pinned memory when it feeds a GPU); 0 cuts them in the loop. The same batches either way."""
+    return torch.utils.data.DataLoader(
+        stream, batch_size=sampler.global_batch // sampler.world, sampler=sampler, num_workers=workers,
+        pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+        worker_init_fn=_worker_init if workers else None,
+        # Spawned, not forked: a fork copies OpenCV's and OpenMP's thread pools mid-state, and the child
+        # then deadlocks on their locks (seen in the test suite: a worker stuck in cv2.setNumThreads).
+        multiprocessing_context="spawn" if workers else None,
+        # Its own generator: the loader would otherwise draw worker seeds from torch's global RNG.
+        generator=torch.Generator().manual_seed(stream.seed))

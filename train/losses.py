@@ -28,4 +28,5 @@ def hybrid_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = 1
         raise ValueError(f"unknown pixel loss {pixel!r}; choose one of {PIXEL_LOSSES}")
     s = ssim(pred, target, data_range=1.0, size_average=True, win_size=11, win_sigma=1.5)
     loss = term + ssim_weight * (1.0 - s)
-    return loss, {"mse": float(mse.detach()), "ssim": float(s.detach())}
+    # Parts as tensors: float() here would make every training step wait for the GPU.
+    return loss, {"mse": mse.detach(), "ssim": s.detach()}

@@ -1,8 +1,9 @@
 """The training loop: config, checkpoints that survive kill -9, exact resume, validation, DDP.
 
 Exact resume without saving iterator state: every epoch's sample order and every sample's crop and
-augmentation come from RNGs seeded by ``(seed, epoch, index)``, so a run restarted at
-``(epoch, step)`` replays the very same batches.
+augmentation come from RNGs seeded by ``(seed, epoch, position)`` (``data.SampleStream``), so a run
+restarted at ``(epoch, step)`` replays the very same batches, on any device and any number of
+processes (``--batch-size`` is the global batch, split over the processes).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import numpy as np
 import torch
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.images import atomic_write_bytes
-from deepfusionnet.runtime.machine import has_native_bf16
+from deepfusionnet.runtime.images import atomic_write_bytes, remove_abandoned_temporaries
 from deepfusionnet.runtime.metrics import psnr, ssim
 from deepfusionnet.runtime.processing import crop, pad_to_multiple, to_image, to_tensor
 from deepfusionnet.train import data as D
+from deepfusionnet.train import device as dev
 from deepfusionnet.train.losses import PIXEL_LOSSES, hybrid_loss
 from deepfusionnet.train.models import create_model, get_spec
-from deepfusionnet.train.weights import load_model, save_weights
+from deepfusionnet.train.weights import load_model, load_pickle_safely, save_weights
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,15 @@ class TrainConfig:
     # name in this folder (a teacher's outputs); validation still scores against the ground truth.
     targets: str | None = None
     targets_mix: float = 1.0
+    # Where and how fast it runs; none of these changes what is learned beyond float rounding, so all may
+    # change on --resume. device: auto | cpu | cuda | cuda:N (auto: CUDA when visible). amp: mixed precision
+    # on CUDA (auto: bf16 where the GPU has it, fp16 with a gradient scaler otherwise; --bf16 decides on the
+    # CPU). workers: DataLoader processes cutting crops ahead of the loop (-1: 4 per GPU, none on the CPU).
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = -1
+    compile: bool = False  # torch.compile the training forward
+    log_every: int = 50  # a progress line every N steps when stderr is not a terminal (0: none)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -94,8 +104,12 @@ class TrainConfig:
         get_spec(self.model)
         if self.lr_schedule not in ("constant", "cosine"):
             raise DFNError("--lr-schedule must be constant or cosine")
-        if self.crop % 8 or self.crop < 0:
-            raise DFNError("--crop must be a multiple of 8 (or 0: whole frames)")
+        multiple = max(8, get_spec(self.model).multiple)  # a crop the network's pooling divides evenly
+        if self.crop % multiple or self.crop < 0:
+            raise DFNError(f"--crop must be a multiple of {multiple} for {self.model} (or 0: whole frames)")
+        if self.crop == 0 and D.WHOLE_FRAME_MULTIPLE % multiple:
+            raise DFNError(f"--crop 0 cuts whole frames to multiples of {D.WHOLE_FRAME_MULTIPLE}, and "
+                           f"{self.model} needs multiples of {multiple}; train it on crops")
         if self.crop == 0 and get_spec(self.model).scale != 1:
             raise DFNError("--crop 0 (whole frames) is for the enhancer; the SR model trains on crops")
         if self.epochs < 1 or self.batch_size < 1:
@@ -108,6 +122,10 @@ class TrainConfig:
             raise DFNError(f"--pixel-loss must be one of {', '.join(PIXEL_LOSSES)}")
         if self.bf16 not in ("auto", "on", "off"):
             raise DFNError("--bf16 must be auto, on or off")
+        if self.amp not in dev.AMP_CHOICES:
+            raise DFNError(f"--amp must be one of {', '.join(dev.AMP_CHOICES)}")
+        if self.workers < -1 or self.log_every < 0:
+            raise DFNError("--workers and --log-every must be 0 or more")
         if not 0.0 <= self.ema_decay < 1.0:
             raise DFNError("--ema must be in [0, 1), e.g. 0.999 (0 turns it off)")
         if self.freeze_bn and not self.init:
@@ -120,8 +138,10 @@ class TrainConfig:
 
 # Options that may change between a run and its resumption without changing what is learned. "out": a run
 # folder may be moved. "bf16": a run may move to a machine with(out) bf16 hardware; like "threads" it changes
-# the arithmetic, not the run, and the checkpoint records which one ran.
-_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out", "val_every", "bf16"}
+# the arithmetic, not the run, and the checkpoint records which one ran. "device", "amp": likewise a run may
+# move between a GPU and a CPU (the checkpoint holds CPU tensors); the log says when it does.
+_RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out", "val_every", "bf16", "device", "amp",
+                "workers", "compile", "log_every"}
 
 
 def validation_split(pairs: D.PairSet, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -130,17 +150,24 @@ def validation_split(pairs: D.PairSet, cfg: TrainConfig) -> tuple[list[int], lis
                               cfg.val_group)
 
 
-def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _world() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as torchrun sets them; ``(0, 1)`` for a plain process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _dist(device: torch.device) -> tuple[int, int]:
+    """Join the torchrun process group (NCCL between GPUs, gloo between CPUs); ``(rank, world)``."""
+    rank, world = _world()
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
+        torch.distributed.init_process_group(dev.distributed_backend(device),
+                                             device_id=device if device.type == "cuda" else None)
+    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    """This rank's share of the epoch's sample order: one permutation per epoch, dealt round-robin."""
-    return np.random.default_rng([seed, epoch]).permutation(n)[rank::world]
+    """The pairs process ``rank`` of ``world`` trains on in an epoch, in order (``data.ShardSampler``
+    deals the epoch's positions round-robin; shown here without the wrap-around of tiny data sets)."""
+    return D.epoch_permutation(n, seed, epoch)[rank::world]
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -166,13 +193,11 @@ def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict:
             if k not in _RUN_CONTROL and saved_cfg[k] != v]
     if diff:
         raise DFNError(f"{out}: --resume needs the options the run was started with; changed: {', '.join(diff)}")
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if not {"model", "optimizer", "epoch", "step", "best", "history", "torch_rng"} <= set(state):
-            raise ValueError("entries missing")
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DFNError(f"{ckpt_path}: unreadable checkpoint ({first})") from None
+    # Refused in the words --model, info and --init use (naming a code-running pickle's global).
+    state = load_pickle_safely(ckpt_path, "unreadable checkpoint ({reason})")
+    need = {"model", "optimizer", "epoch", "step", "best", "history", "torch_rng"}
+    if not isinstance(state, dict) or not need <= set(state):
+        raise DFNError(f"{ckpt_path}: unreadable checkpoint (entries missing: not one dfn train wrote)")
     return state
 
 
@@ -184,6 +209,18 @@ def _atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def on_cpu(obj):
+    """``obj`` (dicts, lists, tensors) with every tensor a contiguous CPU copy: what a checkpoint holds, so
+    a run trained on a GPU resumes on a CPU and back (channels-last strides do not travel either)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", memory_format=torch.contiguous_format)
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def whole_frame(lo: np.ndarray, hi: np.ndarray, sr: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A pair as the model meets it in use: the SR model gets ``hi`` (cut to even sides) blurred and
     downscaled 2x by ``rng``'s degradation; the enhancer gets ``lo`` as it is."""
@@ -193,8 +230,10 @@ def whole_frame(lo: np.ndarray, hi: np.ndarray, sr: bool, rng: np.random.Generat
     return lo, hi
 
 
-def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scale: int = 1, sr: bool = False) -> dict:
-    """Full-resolution PSNR/SSIM on uint8 outputs, with the runtime's padding (as `dfn eval` does)."""
+def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scale: int = 1, sr: bool = False,
+                   device: torch.device | None = None) -> dict:
+    """Full-resolution PSNR/SSIM on uint8 outputs, with the runtime's padding (as `dfn eval` does), in
+    FP32 on ``device`` (the CPU by default)."""
     model.eval()
     ps, ss = [], []
     rng = np.random.default_rng(0)
@@ -202,7 +241,7 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
         for lo, hi in zip(pairs.low, pairs.high):
             lo, hi = whole_frame(lo, hi, sr, rng)
             x, size = pad_to_multiple(to_tensor(lo), multiple)
-            y = crop(model(torch.from_numpy(x)).numpy(), size, scale)
+            y = crop(model(torch.from_numpy(x).to(device or "cpu")).float().cpu().numpy(), size, scale)
             out = to_image(y)
             ps.append(psnr(out, hi))
             ss.append(ssim(out, hi))
@@ -213,16 +252,8 @@ BN_REFRESH_FRAMES = 64
 BN_REFRESH_MAX_SIDE = 1024  # larger frames contribute their centre, the size of one runtime tile
 
 
-def training_sample(trainset: D.PairSet, i: int, rng: np.random.Generator, cfg: TrainConfig,
-                    sr: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented ``(input, target)`` crop of pair ``i``, as the run's model is trained on."""
-    if sr:
-        return D.sr_sample(trainset, i, rng, cfg.crop)
-    return D.enhancement_sample(trainset, i, rng, cfg.crop, cfg.synthetic_prob)
-
-
 def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainConfig, sr: bool,
-                      multiple: int) -> None:
+                      multiple: int, device: torch.device | None = None) -> None:
     """Re-estimate ``model``'s BatchNorm statistics on whole training frames (``torch.optim.swa_utils.update_bn``).
 
     An average of weights that are still moving needs statistics of its own: averaging the running
@@ -254,7 +285,7 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
             yield torch.from_numpy(pad_to_multiple(to_tensor(lo), multiple)[0])
 
     with torch.no_grad():
-        update_bn(frames(), model)
+        update_bn(frames(), model, device=device)
 
 
 @contextlib.contextmanager
@@ -282,12 +313,129 @@ def deferred_interrupt():
             signal.signal(sig, old)
 
 
+class LossLog:
+    """The current epoch's per-step losses, each averaged over the processes (a single process's loss on
+    the global batch). Read lazily: reading a GPU value makes the CPU wait for the step to finish."""
+
+    def __init__(self, values: list[float], world: int = 1) -> None:
+        self.values, self.pending, self.world = list(values), [], world
+
+    def add(self, loss: torch.Tensor) -> None:
+        value = loss.detach().float().reshape(1).clone()
+        if self.world > 1:  # every process, every step: a collective in the same order everywhere
+            torch.distributed.all_reduce(value)
+            value /= self.world
+        self.pending.append(value)
+
+    def floats(self) -> list[float]:
+        if self.pending:
+            self.values.extend(torch.cat(self.pending).tolist())
+            self.pending = []
+        return self.values
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(max(seconds, 0.0)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class ProgressLog:
+    """A line every ``every`` optimizer steps for logs, where no progress bar can redraw (stderr not a
+    terminal): loss (mean of the last ``every`` steps), samples per second over those steps (all
+    processes), and the time left to the run's last step at the pace of this session so far."""
+
+    def __init__(self, every: int, global_batch: int, start_step: int, end_step: int,
+                 clock=time.monotonic) -> None:
+        self.every, self.batch, self.end, self.clock = every, global_batch, end_step, clock
+        self.t0 = self.t_last = clock()
+        self.s0 = self.s_last = start_step
+
+    def restart_interval(self, step: int) -> None:
+        """Measure samples/s from here (after a validation, which is not training speed)."""
+        self.t_last, self.s_last = self.clock(), step
+
+    def due(self, global_step: int) -> bool:
+        return bool(self.every) and global_step % self.every == 0
+
+    def line(self, global_step: int, where: str, loss: float) -> str:
+        now = self.clock()
+        rate = (global_step - self.s_last) * self.batch / max(now - self.t_last, 1e-9)
+        eta = (self.end - global_step) * (now - self.t0) / max(global_step - self.s0, 1)
+        self.t_last, self.s_last = now, global_step
+        return f"{where}: loss {loss:.4f}, {rate:.1f} samples/s, ETA {_hms(eta)}"
+
+
+def _arithmetic_of(state: dict) -> dev.Arithmetic | None:
+    """The arithmetic a checkpoint's run trained with (runs before "arithmetic" recorded bf16 as a flag)."""
+    if "arithmetic" in state:
+        return dev.ARITHMETIC.get(state["arithmetic"])
+    if "autocast" in state:
+        return dev.BF16 if state["autocast"] else dev.FP32
+    return None
+
+
+def _placement(device_type: str, world: int) -> str:
+    return f"{'the CPU' if device_type == 'cpu' else 'CUDA'} ({world} process{'es' if world > 1 else ''})"
+
+
+def _keep_hint(device: torch.device, before: dev.Arithmetic) -> str:
+    """The option that would have kept arithmetic ``before`` on ``device``."""
+    if device.type == "cuda":
+        return f"--amp {'off' if before.name == 'fp32' else before.name}"
+    if before.name == "fp16":
+        return "a GPU with --amp fp16"
+    return f"--bf16 {'on' if before.name == 'bf16' else 'off'}"
+
+
+def say_how_it_runs(cfg: TrainConfig, device: torch.device, world: int, arithmetic: dev.Arithmetic,
+                    state: dict | None) -> None:
+    """The log's first line (arithmetic, device, processes), and a note for each of them a resume changes."""
+    option = f"--amp {cfg.amp}" if device.type == "cuda" else f"--bf16 {cfg.bf16}"
+    where = "the CPU" if device.type == "cpu" else str(device)
+    procs = f", {world} processes" if world > 1 else ""
+    print(f"training with {arithmetic.describe()} on {where}{procs} ({option})", file=sys.stderr, flush=True)
+    if state is None:
+        return
+    before = _placement(state.get("device", "cpu"), state.get("world", 1))
+    now = _placement(device.type, world)
+    if before != now:
+        print(f"note: the run trained on {before} until now and continues on {now}; the global batch stays "
+              f"{cfg.batch_size}, so the samples stay the same", file=sys.stderr, flush=True)
+    trained_with = _arithmetic_of(state)
+    if trained_with is not None and trained_with != arithmetic:
+        print(f"note: the run trained with {trained_with.describe()} until now and goes on with "
+              f"{arithmetic.describe()}; {_keep_hint(device, trained_with)} would keep it",
+              file=sys.stderr, flush=True)
+
+
+def _finished(out: Path, state: dict, cfg: TrainConfig, rank: int) -> dict:
+    """What ``--resume`` of a run that has done all its epochs returns, after saying so."""
+    steps = state["history"][-1]["step"] if state["history"] else 0
+    if rank == 0:
+        best = f" (best validation PSNR {state['best']:.2f} dB)" if state["best"] >= 0 else ""
+        print(f"{out}: the run already finished its {cfg.epochs} epochs{best}; nothing to resume. To train "
+              f"on, start a new run from its weights with --init {out / 'last.safetensors'}",
+              file=sys.stderr, flush=True)
+    return {"epochs_done": state["epoch"], "steps": steps, "best_val_psnr": state["best"],
+            "history": state["history"], "out": str(out), "finished": True}
+
+
+def _backward_and_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler) -> None:
+    """Backward pass and optimizer step, through the gradient scaler when fp16 needs one."""
+    if scaler is None:
+        loss.backward()
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)  # skips the step when a gradient overflowed; the scale then backs off
+    scaler.update()
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train according to ``cfg``; returns the final metrics. Only rank 0 writes files."""
     from tqdm import tqdm
 
     cfg.validate()
-    rank, world = _dist()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -298,6 +446,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     state = _load_checkpoint(out, cfg) if resume else None
     if not resume and ckpt_path.exists():  # checked on every rank, so no rank starts while another refuses
         raise DFNError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    if state is not None and state["epoch"] >= cfg.epochs:  # said at once, before the data loads
+        return _finished(out, state, cfg, _world()[0])
+    # Before the data too: --device cuda on a machine without one is a one-line error, not minutes later.
+    caps = dev.probe()
+    device = dev.resolve_device(cfg.device, caps, *dev.local_rank())
+    arithmetic = dev.choose_arithmetic(device, cfg.bf16, cfg.amp, caps)
+    if cfg.batch_size % _world()[1]:  # before joining the group: every process refuses alike, none waits
+        raise DFNError(f"--batch-size {cfg.batch_size} is the global batch; it does not split evenly over "
+                       f"{_world()[1]} processes (use a multiple of {_world()[1]})")
+    dev.configure(device, arithmetic)
+    rank, world = _dist(device)
 
     pairs = D.load_pairs(cfg.data)
     train_idx, val_idx = validation_split(pairs, cfg)
@@ -325,15 +484,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if init_name != cfg.model:  # SR weights from before the skip load as the paper's block
             raise DFNError(f"{init_path}: holds {init_name} weights; train them on with --model {init_name}")
         model.load_state_dict(init_model.state_dict())
+    model.to(device)
+    if dev.channels_last(device):
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ema = None
     if cfg.ema_decay:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         # Weights only: BatchNorm statistics are re-estimated for the averaged weights (see refresh_batchnorm).
+        # A copy made before BatchNorm is synchronised below: rank 0 alone re-estimates its statistics.
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
     kept = ema.module if ema is not None else model  # what is validated and saved as weights
-    steps_per_epoch = max(1, len(trainset) // (cfg.batch_size * world))
+    steps_per_epoch = max(1, len(trainset) // cfg.batch_size)  # global batches: any number of processes
     total_steps = steps_per_epoch * cfg.epochs
 
     def lr_at(step: int) -> float:
@@ -343,9 +506,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     epoch, step_in_epoch, best, history, losses = 0, 0, -1.0, [], []
     if state is not None:
-        if state.get("world", 1) != world:  # the data shards, and so the batches, depend on it
-            raise DFNError(f"{out}: the run was started with {state.get('world', 1)} process(es), resumed with "
-                           f"{world}; resume with the same torchrun --nproc_per_node")
+        if state.get("world", 1) > 1 and "global_batch" not in state:
+            raise DFNError(f"{ckpt_path}: a {state['world']}-process run from before --batch-size meant the "
+                           f"global batch cannot resume exactly; start a new run with --init "
+                           f"{out / 'last.safetensors'}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if ema is not None:
@@ -360,29 +524,47 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2).encode())
     if rank == 0:
-        for stale in out.glob(".*.part"):  # temporaries of a write cut short by kill -9
-            stale.unlink(missing_ok=True)
+        remove_abandoned_temporaries(out)  # temporaries of a write cut short by kill -9
 
-    bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and has_native_bf16())
+    scaler = dev.make_scaler(device, arithmetic)
+    if scaler is not None and state is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     if rank == 0:  # only once the inputs are known good: a bad run fails with its one error line
-        arithmetic = {True: "bf16 autocast", False: "fp32"}
-        print(f"training with {arithmetic[bf16]} on the CPU (--bf16 {cfg.bf16})", file=sys.stderr, flush=True)
-        trained_with = state.get("autocast") if state is not None else None
-        if trained_with is not None and trained_with != bf16:
-            print(f"note: the run trained with {arithmetic[trained_with]} until now and goes on with "
-                  f"{arithmetic[bf16]}; --bf16 {'on' if trained_with else 'off'} would keep it",
-                  file=sys.stderr, flush=True)
+        say_how_it_runs(cfg, device, world, arithmetic, state)
+        if state is not None:  # where the run picks up, so a log shows that nothing was redone or skipped
+            print(f"resuming {out} at epoch {epoch + 1}/{cfg.epochs}, step {step_in_epoch}/{steps_per_epoch} "
+                  f"(global step {epoch * steps_per_epoch + step_in_epoch})", file=sys.stderr, flush=True)
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        from deepfusionnet.train.sync_batchnorm import convert_sync_batchnorm
+
+        # Statistics of the global batch, as one process computes them: a 2-process run trains the model a
+        # 1-process run of the same global batch trains.
+        net = torch.nn.parallel.DistributedDataParallel(
+            convert_sync_batchnorm(model, device), device_ids=[device] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    workers = cfg.workers
+    if workers < 0:
+        workers = dev.default_workers(device, os.cpu_count(), dev.local_rank()[1])
+    sampler = D.ShardSampler(steps_per_epoch, cfg.batch_size, rank, world)
+    stream = D.SampleStream(trainset, cfg.seed, cfg.batch_size, cfg.crop, sr, cfg.synthetic_prob)
+    loader = D.make_loader(stream, sampler, workers, pin_memory=device.type == "cuda")
+    memory_format = torch.channels_last if dev.channels_last(device) else torch.preserve_format
+    losses = LossLog(losses, world)
+    progress = ProgressLog(cfg.log_every, cfg.batch_size, epoch * steps_per_epoch + step_in_epoch,
+                           min(total_steps, cfg.max_steps or total_steps))
 
     def checkpoint(ep: int, st: int, epoch_losses: list[float]) -> None:
         if rank != 0:
             return
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": ep, "step": st,
-                            "best": best, "history": history, "torch_rng": torch.get_rng_state(),
-                            "epoch_losses": list(epoch_losses), "world": world, "autocast": bf16,
-                            **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
+        _atomic_torch_save(on_cpu({
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": ep, "step": st, "best": best,
+            "history": history, "torch_rng": torch.get_rng_state(), "epoch_losses": list(epoch_losses),
+            "world": world, "global_batch": cfg.batch_size, "device": device.type,
+            "autocast": arithmetic.dtype is not None, "arithmetic": arithmetic.name,
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+            **({"ema": ema.state_dict()} if ema is not None else {})}), ckpt_path)
 
     last_ckpt = time.monotonic()
     global_step = epoch * steps_per_epoch + step_in_epoch
@@ -390,13 +572,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     def averaged() -> torch.nn.Module:
         """``kept``, ready to validate or save: an average gets statistics of its own (frozen ones stay)."""
         if ema is not None and not cfg.freeze_bn:
-            refresh_batchnorm(kept, trainset, cfg, sr, spec.multiple)
+            refresh_batchnorm(kept, trainset, cfg, sr, spec.multiple, device)
         return kept
 
     def stop_if_interrupted(flag: dict) -> None:
         if flag["signal"] is None:
             return
-        checkpoint(epoch, step_in_epoch, losses)
+        checkpoint(epoch, step_in_epoch, losses.floats())
         if rank == 0:
             # Said before last.safetensors: with --ema that re-estimates BatchNorm first, which takes a while.
             print(f"checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}; "
@@ -407,7 +589,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     with deferred_interrupt() as interrupted:
         while epoch < cfg.epochs:
-            order = epoch_order(len(trainset), cfg.seed, epoch, rank, world)
+            sampler.set_epoch(epoch, step_in_epoch)
+            batches = iter(loader)
+            progress.restart_interval(global_step)
             net.train()
             if cfg.freeze_bn:
                 freeze_batchnorm(model)
@@ -415,49 +599,49 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                        disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1",
                        initial=step_in_epoch, total=steps_per_epoch)
             for step in bar:
-                xs, ys = [], []
-                for j in range(cfg.batch_size):
-                    i = int(order[(step * cfg.batch_size + j) % len(order)])
-                    rng = np.random.default_rng([cfg.seed, epoch, step, j, rank])
-                    x, y = training_sample(trainset, i, rng, cfg, sr)
-                    xs.append(x)
-                    ys.append(y)
-                x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+                x, y = (t.to(device, non_blocking=True) for t in next(batches))
+                x = x.to(memory_format=memory_format)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(global_step)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with dev.autocast(device, arithmetic):
                     pred = net(x)
-                loss, parts = hybrid_loss(pred, y, cfg.ssim_weight, cfg.pixel_loss)
+                loss, _ = hybrid_loss(pred, y, cfg.ssim_weight, cfg.pixel_loss)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                _backward_and_step(loss, opt, scaler)
                 if ema is not None:
                     ema.update_parameters(model)
                 global_step += 1
-                losses.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", best_val_psnr=f"{best:.2f}")
+                losses.add(loss)
+                if not bar.disable:  # a terminal's bar: reading the loss every step is fine there
+                    bar.set_postfix(loss=f"{np.mean(losses.floats()[-20:]):.4f}", best_val_psnr=f"{best:.2f}")
+                elif rank == 0 and progress.due(global_step):
+                    where = f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch}"
+                    loss_now = float(np.mean(losses.floats()[-cfg.log_every:]))
+                    print(progress.line(global_step, where, loss_now), file=sys.stderr, flush=True)
                 step_in_epoch = step + 1
                 if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                    checkpoint(epoch, step_in_epoch, losses)
+                    checkpoint(epoch, step_in_epoch, losses.floats())
                     last_ckpt = time.monotonic()
                 stop_if_interrupted(interrupted)
                 if cfg.max_steps and global_step >= cfg.max_steps:
                     break
             if step_in_epoch < steps_per_epoch:  # stopped by --max-steps inside an epoch
-                checkpoint(epoch, step_in_epoch, losses)
+                checkpoint(epoch, step_in_epoch, losses.floats())
                 if rank == 0:
                     save_weights(averaged(), cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
                 break
             epoch += 1
             step_in_epoch = 0
-            row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step), "loss": float(np.mean(losses)) if losses else float("nan")}
+            done = losses.floats()
+            row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step),
+                   "loss": float(np.mean(done)) if done else float("nan")}
             # The BatchNorm refresh and last.safetensors wait for a validated epoch; an interrupt or the
             # last epoch writes them anyway (stop_if_interrupted, and the last epoch always validates).
             validate_now = epoch % cfg.val_every == 0 or epoch == cfg.epochs or not len(val)
             if rank == 0 and validate_now:
                 averaged()
                 if len(val):
-                    m = evaluate_model(kept, val, spec.multiple, spec.scale, sr)
+                    m = evaluate_model(kept, val, spec.multiple, spec.scale, sr, device)
                     row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
                     if m["psnr"] > best:
                         best = m["psnr"]
@@ -468,8 +652,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 history.append(row)
                 _write_metrics(out, history)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-            losses = []
-            checkpoint(epoch, 0, losses)
+            losses = LossLog([], world)
+            checkpoint(epoch, 0, [])
             last_ckpt = time.monotonic()
             stop_if_interrupted(interrupted)
             if cfg.max_steps and global_step >= cfg.max_steps:
@@ -506,11 +690,12 @@ def _plot_curves(out: Path, history: list[dict]) -> None:
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ep = [r["epoch"] for r in history]
-    ax[0].plot(ep, [r["loss"] for r in history])
+    # Markers: a one-epoch run has one point, which a line alone does not draw.
+    ax[0].plot(ep, [r["loss"] for r in history], marker="o", markersize=3)
     ax[0].set(xlabel="epoch", ylabel="train loss (MSE + λ(1-SSIM))")
     vals = [(r["epoch"], r["val_psnr"]) for r in history if "val_psnr" in r]
     if vals:
-        ax[1].plot(*zip(*vals), marker=".")
+        ax[1].plot(*zip(*vals), marker="o", markersize=3)
     ax[1].set(xlabel="epoch", ylabel="validation PSNR (dB)")
     fig.tight_layout()
     import io

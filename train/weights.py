@@ -24,13 +24,22 @@ _NESTED_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model
 
 
 def save_weights(model: nn.Module, name: str, path: str | Path, extra: dict | None = None) -> None:
-    """Atomically save ``model``'s state dict as safetensors with ``{"model": name}`` metadata."""
+    """Atomically save ``model``'s state dict as safetensors with ``{"model": name}`` metadata, plus the
+    registered ``scale`` and ``multiple`` (the runtime reads them from the file: it has no registry)."""
     from safetensors.torch import save
 
     from deepfusionnet.runtime.images import atomic_write_bytes
+    from deepfusionnet.train.models import get_spec
 
-    meta = {"model": name, **{k: str(v) for k, v in (extra or {}).items()}}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    try:
+        spec = get_spec(name)
+        shape = {"scale": spec.scale, "multiple": spec.multiple}
+    except DFNError:  # not a registered name: the file carries the name alone, as before
+        shape = {}
+    meta = {"model": name, **{k: str(v) for k, v in {**shape, **(extra or {})}.items()}}
+    # A copy per entry: safetensors refuses entries that share memory, and some networks reuse a module
+    # under two names (MIRNet's DAUs, as in its official checkpoints).
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(state, metadata=meta))
 
 
@@ -47,6 +56,37 @@ def read_metadata(path: str | Path) -> dict:
             return dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises SafetensorError / OSError on corrupt headers
         raise DFNError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def load_pickle_safely(path: Path, unreadable: str):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, never code. A pickle that
+    needs another Python object is refused naming it; another unreadable file is ``unreadable`` with its
+    ``{reason}`` filled in. Either way one line, without torch's advice to set ``weights_only=False``
+    (which would run the file)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on unusual pickle protocols
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            # The pickle needs a Python object beyond tensors and containers to load; unpickling
+            # it could run arbitrary code, so it is refused.
+            raise DFNError(
+                f"{path}: refused, loading it needs the Python object {found.group(1)} (pickles can run arbitrary "
+                "code); re-save it with torch.save(model.state_dict(), path) from code you trust, or convert it "
+                "to .safetensors") from None
+        raise DFNError(f"{path}: {unreadable.format(reason=_unpickling_reason(exc))}") from None
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """torch's own reason, without its boilerplate advice to set ``weights_only=False`` (to run the file)."""
+    text = str(exc)
+    if "Weights only load failed" not in text:
+        return _first_line(exc)
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    reason = next((ln.strip() for ln in after.splitlines() if ln.strip()), "")
+    return f"not a PyTorch save of tensors: {reason[:160]}" if reason else "a pickle needing more than tensors"
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -67,22 +107,8 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
             raise DFNError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
     if head.startswith(b"\x08") or path.suffix == ".onnx":
         raise DFNError(f"{path}: looks like an ONNX model, not PyTorch weights")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. torch's note on unusual pickle protocols
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if found:
-            # The pickle needs a Python object beyond tensors and containers to load; unpickling
-            # it could run arbitrary code, so it is refused.
-            raise DFNError(
-                f"{path}: refused, loading it needs the Python object {found.group(1)} (pickles can run arbitrary "
-                "code); re-save it with torch.save(model.state_dict(), path) from code you trust, or convert it "
-                "to .safetensors") from None
-        detail = "a pickle that needs more than tensors is refused" if "Weights only" in str(exc) else _first_line(exc)
-        raise DFNError(f"{path}: not a readable weights file: neither safetensors nor a plain PyTorch state dict "
-                       f"({detail})") from None
+    obj = load_pickle_safely(path, "not a readable weights file: neither safetensors nor a plain PyTorch "
+                                   "state dict ({reason})")
     for key in _NESTED_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -140,7 +166,8 @@ def _match_model(path: Path, state: dict[str, torch.Tensor]) -> str:
     """The one registered model whose parameter names and shapes ``state`` fits exactly."""
     from deepfusionnet.train.models import model_names
 
-    fits = [n for n in model_names() if not _mismatch(create_model(n), state)]
+    with torch.device("meta"):  # names and shapes only: no memory or init time for the large models
+        fits = [n for n in model_names() if not _mismatch(create_model(n), state)]
     if len(fits) == 1:
         return fits[0]
     raise DFNError(f"{path}: no model name in the file and its tensors fit "

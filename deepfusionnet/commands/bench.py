@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=10, help="timed runs per row after warm-up (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: every core)")
+    p.add_argument("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
+                   help="where the torch rows run (default: cpu); the other backends pick their own device")
     p.add_argument("--artifacts", metavar="DIR", default=None,
                    help="folder holding NAME.onnx / NAME.fp16.onnx / NAME.int8.onnx to use for shipped names")
     p.add_argument("--quality", metavar="DIR", default=None,
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dfn bench: {line}", file=sys.stderr, flush=True)
 
     result = bench(args.model, _list(args.backend), precisions, sizes, runs=args.runs, warmup=args.warmup,
-                   threads=args.threads, artifacts=args.artifacts, quality_pairs=pairs, log=log)
+                   threads=args.threads, artifacts=args.artifacts, quality_pairs=pairs, log=log,
+                   device=args.device)
     table = markdown_table(result)
     if args.output:
         atomic_write_bytes(Path(args.output), json.dumps(result, indent=2, default=str).encode())

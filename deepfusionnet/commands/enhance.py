@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+from deepfusionnet.commands.device_option import add_device_argument, torch_device_options
+
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
@@ -37,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shipped model name or a .onnx/.xml/.engine/.safetensors file (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference engine (default: auto = the fastest one available for the model)")
+    add_device_argument(p)
     p.add_argument("--upscale", type=int, default=1, choices=(1, 2),
                    help="2: run the 2x SR model after the enhancer (output twice as large)")
     p.add_argument("--sr-model", default="deepfusionnet-sr", metavar="NAME|PATH",
@@ -57,14 +60,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reconnect attempts (doubling waits from 0.5 s) when a live source drops (default: 5)")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="refuse images larger than N pixels before decoding (default 200 million)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="--backend auto: measure the candidates again and replace the cached decision "
+                        "(after a driver or library update, or on a busy machine's first run)")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Planning: which input goes to which output (pure path logic, no model needed)
 
 
+def _looks_like_input(path) -> bool:
+    """Whether a file's name says it is meant as a picture or video (so skipping it fails the batch)."""
+    from deepfusionnet.runtime.uris import is_media_path, unsupported_media
+
+    return is_media_path(path) or bool(unsupported_media(path))
+
+
+def _walk_folder(root, out_resolved):
+    """Every entry below ``root`` that is not a folder, sorted, with why it cannot be read (None if it can):
+    broken or looping symbolic links, FIFOs and devices (never opened: a FIFO would block), pictures in
+    formats dfn does not read, and files that are neither images nor videos. Hidden entries and the output
+    folder are left out."""
+    import os
+    from pathlib import Path
+
+    from deepfusionnet.runtime.images import IMAGE_SUFFIXES, file_problem
+    from deepfusionnet.runtime.uris import VIDEO_SUFFIXES, supported_formats, unsupported_media
+
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or path.is_dir():
+            continue
+        real = Path(os.path.realpath(path))  # Path.resolve raises on a link loop
+        if out_resolved == real.parent or out_resolved in real.parents:
+            continue
+        problem = file_problem(path)
+        if problem == "empty file (0 bytes)":
+            problem = None  # read, and named as empty, with the other inputs
+        fmt = unsupported_media(path)
+        if not problem and fmt:
+            problem = f"{fmt} files are not supported ({supported_formats()})"
+        elif not problem and path.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+            problem = "not an image or video"
+        yield path, problem
+
+
 def _plan(args, log):
-    """-> (image tasks [(src, dst)], stream tasks [(source, sink Location)], failures, skipped, single)."""
+    """-> (image tasks [(src, dst)], stream tasks [(source, sink Location)], failures, skipped, single,
+    ignored: files in input folders that are not inputs, as Failure records)."""
     from pathlib import Path
 
     from deepfusionnet.errors import DFNError
@@ -76,6 +119,7 @@ def _plan(args, log):
     sink = parse_sink(args.output)
     single = len(locs) == 1 and locs[0].kind != "folder"
     failures: list = []
+    ignored: list = []
     images: list[tuple[Path, Path]] = []
     streams: list[tuple[Location, Location]] = []
 
@@ -114,19 +158,17 @@ def _plan(args, log):
                     raise DFNError(f"{loc.text}: refusing to overwrite the inputs with their outputs "
                                    "(-o is the input folder; choose another)")
                 prefix = Path(root.resolve().name) if many else Path()
-                for path in sorted(root.rglob("*")):
+                for path, problem in _walk_folder(root, out_resolved):
                     rel = path.relative_to(root)
-                    if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-                        continue
-                    if out_resolved == path.resolve().parent or out_resolved in path.resolve().parents:
-                        continue
                     suffix = path.suffix.lower()
-                    if suffix in IMAGE_SUFFIXES:
+                    if problem:  # a would-be input that cannot be read fails the batch; the rest is listed
+                        (failures if _looks_like_input(path) else ignored).append(Failure(str(path), problem))
+                    elif suffix in IMAGE_SUFFIXES:
                         images.append((path, out_folder / prefix / rel))
                     elif suffix in VIDEO_SUFFIXES:
                         streams.append((Location("video", str(path), str(path)),
                                         Location("video", str(out_folder / prefix / rel), "")))
-        if not images and not streams:
+        if not images and not streams and not failures:
             raise DFNError(f"{', '.join(args.inputs)}: no images or videos found")
 
     # Safety: never overwrite an input, never leave the output folder, never write one file twice.
@@ -168,18 +210,18 @@ def _plan(args, log):
         safe_streams = [(src, dst) for src, dst in safe_streams if not done(src, dst)]
         if skipped:
             log(f"skipping {len(skipped)} input(s) whose output exists (--skip-existing)")
-    return safe_images, safe_streams, failures, skipped, single
+    return safe_images, safe_streams, failures, skipped, single, ignored
 
 
 # ---------------------------------------------------------------------------------------------------
 # The model: enhancer, optionally followed by the SR model
 
 
-def choose_backend(model: str, backend: str, size=None) -> tuple[str, str, dict]:
+def choose_backend(model: str, backend: str, size=None, remeasure: bool = False) -> tuple[str, str, dict]:
     """(backend name, model, backend options) for ``--backend``; ``size`` is the frame's (H, W) if known.
 
-    ``auto`` asks :mod:`deepfusionnet.runtime.auto` for ONNX models and uses an engine file's or
-    weights file's own backend otherwise.
+    ``auto`` asks :mod:`deepfusionnet.runtime.auto` for ONNX models (``remeasure``: measure again rather
+    than reuse its cached decision) and uses an engine file's or weights file's own backend otherwise.
     """
     if backend != "auto":
         return backend, model, {}
@@ -196,28 +238,41 @@ def choose_backend(model: str, backend: str, size=None) -> tuple[str, str, dict]
     except ImportError:  # a build without runtime.auto: ONNX Runtime
         return "onnxruntime", model, {}
     # runtime.auto speaks (width, height).
-    choice = choose_with_options(model, (size[1], size[0]) if size else None)
+    choice = choose_with_options(model, (size[1], size[0]) if size else None, refresh=remeasure)
     # Keep a shipped name when auto picked its own file: the name carries the model's scale.
     same = Path(choice.path).resolve() == artifact.path.resolve()
     return choice.backend, model if same else str(choice.path), dict(choice.options)
 
 
-def open_chain(args, size=None):
-    """The processing chain for these arguments; ``size`` (H, W) of the frames when known (for auto)."""
+def check_tiling(args) -> int:
+    """The tile size to use; --tile and --overlap checked together (each alone is checked when parsed)."""
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.enhancer import DEFAULT_TILE, Chain, open_enhancer
+    from deepfusionnet.runtime.enhancer import DEFAULT_TILE
 
     tile = DEFAULT_TILE if args.tile is None else (args.tile or 1 << 30)
     if tile <= args.overlap * 2:
         raise DFNError(f"--tile {args.tile}: must be more than twice --overlap ({args.overlap})")
+    return tile
+
+
+def open_chain(args, size=None):
+    """The processing chain for these arguments; ``size`` (H, W) of the frames when known (for auto)."""
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.enhancer import Chain, open_enhancer
+
+    tile = check_tiling(args)
     if size is not None and args.fast:  # both models then run on the half-size frame
         size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
-    backend, model, options = choose_backend(args.model, args.backend, size)
+    remeasure = getattr(args, "remeasure", False)
+    backend, model, options = choose_backend(args.model, args.backend, size, remeasure)
+    options = {**options, **torch_device_options(args.device, backend)}
     enhancer = open_enhancer(model, backend, tile=tile, overlap=args.overlap, tta=args.tta, **options)
     sr = None
     if args.upscale == 2 or args.fast:
         try:
-            sr_backend, sr_model, sr_options = choose_backend(args.sr_model, args.backend, size)
+            sr_backend, sr_model, sr_options = choose_backend(args.sr_model, args.backend, size,
+                                                              remeasure)
+            sr_options = {**sr_options, **torch_device_options(args.device, sr_backend)}
             sr = open_enhancer(sr_model, sr_backend, tile=tile, overlap=args.overlap, tta=args.tta, **sr_options)
         except BaseException:
             enhancer.close()
@@ -347,7 +402,8 @@ def run(args: argparse.Namespace) -> int:
         raise DFNError("--fast and --upscale 2 together would need a 4x model; pick one")
     if args.max_frames is not None and args.max_frames < 1:
         raise DFNError(f"--max-frames {args.max_frames}: must be at least 1")
-    images, streams, failures, skipped, single = _plan(args, log)
+    check_tiling(args)  # before any file is read or model loaded, like the options' own ranges
+    images, streams, failures, skipped, single, ignored = _plan(args, log)
     outputs: list[str] = []
     frames = dropped = 0
     busy = 0.0
@@ -408,6 +464,8 @@ def run(args: argparse.Namespace) -> int:
         if chain is not None:
             chain.close()
 
+    for f in ignored:
+        log(f"skipped: {f.name}: {f.reason}")
     for f in failures:
         log(f"failed: {f.name}: {f.reason}")
     summary = f"{len(outputs)} output(s) written"
@@ -427,6 +485,7 @@ def run(args: argparse.Namespace) -> int:
             "outputs": outputs,
             "failures": [f.to_json() for f in failures],
             "skipped": skipped,
+            "ignored": [f.to_json() for f in ignored],
             "backend": chain.enhancer.backend.name if chain else None,
             "model": str(chain.enhancer.artifact.path) if chain else None,
             "sr_model": str(chain.sr.artifact.path) if chain and chain.sr else None,

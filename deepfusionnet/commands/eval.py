@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from deepfusionnet.commands.device_option import add_device_argument, torch_device_options
 from deepfusionnet.commands.enhance import add_tta_argument
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="inference backend (default: auto, as dfn enhance picks it; "
                         "the output names what ran)")
+    add_device_argument(p)
     p.add_argument("--protocol", choices=("lol", "paper"), default="lol",
                    help="lol: full resolution (standard); paper: resize to 256x256 as the seed paper did")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N pairs")
@@ -64,14 +66,18 @@ def _choose(model: str, backend: str) -> tuple[str, str, dict]:
     return choose_backend(model, "auto")
 
 
-def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1):
-    """``(callable model, description dict)`` for a baseline or any artifact on ``backend``."""
+def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1, device: str | None = None):
+    """``(callable model, description dict)`` for a baseline or any artifact on ``backend`` (the torch
+    backend on ``device``)."""
     from deepfusionnet.errors import DFNError
     from deepfusionnet.runtime.baselines import get_baseline, is_baseline
 
     if is_baseline(model):
         if tta != 1:
             raise DFNError(f"{model}: --tta averages a network's passes; a baseline has none to average")
+        if device is not None:
+            raise DFNError(f"{model}: a classical baseline runs in numpy on the CPU; "
+                           "--device places the torch backend")
         b = get_baseline(model)
         return b, {"model": b.name, "artifact": None, "backend": "numpy", "precision": "fp32",
                    "description": b.description, "tta": 1}
@@ -80,6 +86,7 @@ def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1
     from deepfusionnet.runtime.enhancer import open_enhancer
 
     name, target, options = _choose(model, backend)
+    options = {**options, **torch_device_options(device, name)}
     enh = open_enhancer(target, name, tile=tile, tta=tta, **options)
     a = enh.artifact
     return enh, {"model": a.model, "artifact": str(a.path), "backend": enh.backend.name,
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs[: args.limit]
     if args.sheet and not is_image_path(args.sheet):
         raise DFNError(f"{args.sheet}: the contact sheet needs an image suffix (.png)")
-    model, desc = open_model(args.model, args.backend, args.tile, args.tta)
+    model, desc = open_model(args.model, args.backend, args.tile, args.tta, args.device)
     sheet = None
     if args.sheet:
         from deepfusionnet.runtime.sheet import ContactSheet

@@ -50,13 +50,17 @@ def torch_stats(module, height: int, width: int) -> tuple[int, int, tuple[int, .
 
     total = [0]
 
-    def hook(mod, _inp, out) -> None:
-        total[0] += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+    def hook(mod, inp, out) -> None:
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        if isinstance(mod, torch.nn.ConvTranspose2d):  # each input element meets k x Cout / groups weights
+            total[0] += inp[0].numel() * (mod.out_channels // mod.groups) * k
+        else:
+            total[0] += out.numel() * (mod.in_channels // mod.groups) * k
 
     params = sum(p.numel() for p in module.parameters())
     shadow = copy.deepcopy(module).to("meta").eval()
     for m in shadow.modules():
-        if isinstance(m, torch.nn.Conv2d):
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
             m.register_forward_hook(hook)
     with torch.inference_mode():
         y = shadow(torch.zeros(1, 3, height, width, device="meta"))

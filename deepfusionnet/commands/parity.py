@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+from deepfusionnet.commands.device_option import add_device_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("reference", help="reference model (shipped name or file)")
@@ -31,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
                    help="tolerance to apply (default: the candidate's precision)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per backend")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda s: print(s, file=sys.stderr))
     try:
         report = compare_models(args.reference, args.candidate, args.data, args.precision, args.limit or None,
-                                args.backend_ref, args.backend, args.threads, progress=say)
+                                args.backend_ref, args.backend, args.threads, progress=say,
+                                device=args.device)
     except ValueError as exc:  # shape or scale mismatch between the two models
         raise DFNError(str(exc)) from None
     for line in report.lines():

@@ -1,8 +1,13 @@
 """Train DeepFusionNet (enhancement) or DeepFusionNet-SR on paired data.
 
 Resumable: checkpoints are written atomically every few minutes and at each epoch end; run the same
-command with --resume to continue exactly where it stopped. Under torchrun it trains with
-DistributedDataParallel (gloo on CPU, NCCL where CUDA is used).
+command with --resume to continue exactly where it stopped, also on another device or number of
+processes. Runs on a GPU when one is visible (--device). Under torchrun it trains with
+DistributedDataParallel (NCCL between GPUs, gloo between CPUs); --batch-size is the global batch.
+
+examples:
+  dfn train --data lol/train --out runs/enh --epochs 120 --batch-size 8 --crop 128
+  torchrun --nproc_per_node 4 -m deepfusionnet.cli train --data lol/train --out runs/enh --batch-size 32
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "without the skip)")
     p.add_argument("--out", default=None, help="run folder (default runs/<model>)")
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="global batch: under torchrun each process takes batch/processes samples per step")
     p.add_argument("--crop", type=int, default=128,
                    help="training crop (SR: the low-resolution side); 0: whole frames, so global pooling and "
                         "BatchNorm see what inference sees (enhancer)")
@@ -52,6 +58,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="start from these weights (e.g. the shipped model)")
     p.add_argument("--synthetic-prob", type=float, default=0.0, help="share of samples darkened synthetically")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where to train (default auto: CUDA when a GPU is visible); under torchrun, cuda "
+                        "gives each process the GPU of its LOCAL_RANK; may change on --resume")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto",
+                   help="mixed precision on CUDA (default auto: bf16 autocast where the GPU has bf16, fp16 "
+                        "with a gradient scaler otherwise; off: FP32); on the CPU --bf16 decides")
+    p.add_argument("--workers", type=int, default=-1, metavar="N",
+                   help="DataLoader processes cutting and augmenting crops ahead of the training loop "
+                        "(default: up to 4 per GPU, none on the CPU); the batches are the same for any N")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--log-every", type=int, default=50, metavar="N",
+                   help="when stderr is not a terminal, a progress line (loss, samples/s, ETA) every N "
+                        "steps; 0: none (on a terminal a progress bar shows; DFN_PROGRESS=1 forces it)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999) and validate/save it, "
                         "with BatchNorm statistics re-estimated for it")
@@ -80,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         val_every=args.val_every, seed=args.seed, val_seed=args.val_seed, val_group=args.val_group,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
-        targets=args.targets, targets_mix=args.targets_mix)
+        targets=args.targets, targets_mix=args.targets_mix, device=args.device, amp=args.amp,
+        workers=args.workers, compile=args.compile, log_every=args.log_every)
     result = train(cfg, resume=args.resume)
     if args.json:
         emit_json(result)

@@ -4,24 +4,30 @@ async copies, optional CUDA-graph capture, and the GPU's name and compute capabi
 Two implementations behind one interface (:class:`CudaApi`):
 
 * :class:`CudaBindings` over ``cuda.bindings.runtime`` (CUDA Python, what TensorRT's own samples use).
-  Checked against cuda-bindings 12.x / 13.x (``samples/python/common_runtime.py`` of NVIDIA/TensorRT at
-  74a80a6, and the cuda.bindings.runtime reference): every call returns a tuple whose first item is a
-  ``cudaError_t``; :func:`_check` turns a non-zero one into a one-line :class:`CudaError`.
-  cuda-bindings 13 dropped the old ``from cuda import cudart`` trampoline, so only
-  ``cuda.bindings.runtime`` is imported (cuda-python 12.6 or newer).
+  Checked against cuda-bindings 12.8-12.9.x / 13.x (``samples/python/common_runtime.py`` of NVIDIA/TensorRT
+  at 74a80a6 and a892d22, the cuda.bindings.runtime reference, and the 12.9.1 / 13.0.0 release notes):
+  every call returns a tuple whose first item is a ``cudaError_t``; :func:`_check` turns a non-zero one
+  into a one-line :class:`CudaError`. cuda-bindings 13 dropped the old ``from cuda import cudart``
+  trampoline, so only ``cuda.bindings.runtime`` is imported (the ``cuda-bindings`` package, 12.8 or newer).
+  Graph capture follows trtexec (``TrtCudaGraph`` in samples/common/sampleDevice.h, TensorRT 10.3 and
+  11.x): thread-local capture mode, and on failure the capture is ended, its graph discarded and the
+  pending CUDA error cleared with ``cudaGetLastError``.
 * :class:`PyCuda` over ``pycuda.driver`` (2022.1+ API), for devices where that is what is installed.
-  pycuda raises its own exceptions; they are turned into :class:`CudaError` the same way.
+  pycuda raises its own exceptions; they are turned into :class:`CudaError` the same way. It pushes the
+  device's primary context and pops it again on :meth:`PyCuda.close` (or at exit), as
+  ``pycuda.autoprimaryctx`` does: pycuda aborts the interpreter at exit when its context stack is not empty.
 
 Both can be given the module object directly, which is how the CPU tests drive them with fakes.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -40,6 +46,10 @@ _HINTS = {
     100: "no CUDA-capable GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)",
     999: "unknown CUDA error; the GPU may be in a bad state",
 }
+
+# cudaErrorStreamCaptureInvalidated: cudaStreamEndCapture's answer when an operation not permitted under
+# capture broke it (CUDA 12/13 runtime API; trtexec's endCaptureOnError expects it and then no graph).
+_CAPTURE_INVALIDATED = 901
 
 
 @dataclass
@@ -76,9 +86,11 @@ class CudaApi(Protocol):
     def synchronize(self, stream: Any) -> None: ...
     def begin_capture(self, stream: Any) -> None: ...
     def end_capture(self, stream: Any) -> Any: ...
+    def abort_capture(self, stream: Any) -> None: ...
     def graph_launch(self, graph: Any, stream: Any) -> None: ...
     def graph_destroy(self, graph: Any) -> None: ...
     def device_info(self) -> dict: ...
+    def close(self) -> None: ...
 
 
 def _pinned_view(ptr: int, nbytes: int) -> np.ndarray:
@@ -105,9 +117,11 @@ class CudaBindings:
 
     name = "cuda-bindings"
 
-    def __init__(self, cudart: Any = None, device: int = 0, version: str | None = None) -> None:
+    def __init__(self, cudart: Any = None, device: int = 0, version: str | None = None,
+                 utils: Any = None) -> None:
         if cudart is None:
             cudart = importlib.import_module("cuda.bindings.runtime")
+            utils = utils if utils is not None else _optional_module("cuda.bindings.utils")
             if version is None:
                 try:
                     version = importlib.import_module("cuda.bindings").__version__
@@ -116,6 +130,9 @@ class CudaBindings:
         self.rt = cudart
         self.device = device
         self.version = version
+        # cuda.bindings.utils.get_cuda_native_handle: the documented way to the raw handle since
+        # cuda-bindings 12.9.1 / 13.0.0, which deprecated int(obj) ("subject to future removal").
+        self._native_handle: Callable[[Any], int] | None = getattr(utils, "get_cuda_native_handle", None)
         self._check(self.rt.cudaSetDevice(device), "cudaSetDevice")
         self._check_driver()
 
@@ -181,11 +198,19 @@ class CudaBindings:
         self._check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     def stream_handle(self, stream: Any) -> int:
-        # cudaStream_t converts with int() (its address); execute_async_v3 takes that integer.
+        """The raw ``cudaStream_t`` value as an int, what ``execute_async_v3(stream_handle)`` takes.
+
+        Never ``stream.getPtr()``: that is the address *of* the handle (``&cudaStream_t``, cuda-bindings
+        "Tips and Tricks"), and TensorRT would enqueue on whatever that memory happens to hold.
+        """
+        if self._native_handle is not None:
+            return int(self._native_handle(stream))  # cuda-bindings 12.9.1+ / 13.x
         try:
-            return int(stream)
+            return int(stream)  # cuda-bindings 12.8 - 12.9.0: int() is the documented conversion there
         except TypeError:
-            return int(stream.getPtr())
+            raise CudaError(f"cuda-bindings {self.version or '?'} gives no raw CUDA stream handle (no "
+                            "cuda.bindings.utils.get_cuda_native_handle and no int()); reinstall "
+                            "cuda-bindings 12.9.1 or newer of your CUDA major") from None
 
     def copy_htod_async(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -198,18 +223,45 @@ class CudaBindings:
     def synchronize(self, stream: Any) -> None:
         self._check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
-    # -- CUDA graphs (as trtutils core/_graph.py does with cuda.bindings) ---------------------------
+    # -- CUDA graphs (as trtexec's TrtCudaGraph in samples/common/sampleDevice.h does) ---------------
     def begin_capture(self, stream: Any) -> None:
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        # Thread-local, as trtexec: global mode would make unrelated CUDA work on other threads (a camera
+        # thread, ONNX Runtime, torch) fail, or break this capture, while it is open.
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         self._check(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
 
     def end_capture(self, stream: Any) -> Any:
-        graph = self._check(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        """End a capture whose enqueue succeeded and instantiate it; on failure clean up and raise."""
         try:
-            graph_exec = self._check(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            graph = self._check(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+            try:
+                return self._check(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            finally:
+                self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+        except CudaError:
+            self.clear_error()
+            raise
+
+    def abort_capture(self, stream: Any) -> None:
+        """End a capture whose enqueue failed and discard it (trtexec's ``endCaptureOnError``).
+
+        Either the capture was invalidated (cudaErrorStreamCaptureInvalidated, no graph) or TensorRT
+        refused under capture (a graph comes back that must not be used). Either way the pending error
+        is cleared, so the next frame's CUDA calls do not report this one's.
+        """
+        try:
+            result = self.rt.cudaStreamEndCapture(stream)
+            err, graph = result[0], (result[1] if len(result) > 1 else None)
+            if _code(err) == 0 and graph is not None:
+                self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+            elif _code(err) not in (0, _CAPTURE_INVALIDATED):
+                self._check(result, "cudaStreamEndCapture")
         finally:
-            self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
-        return graph_exec
+            self.clear_error()
+
+    def clear_error(self) -> None:
+        """Reset the runtime's last-error slot (``cudaGetLastError`` returns and clears it)."""
+        self.rt.cudaGetLastError()
 
     def graph_launch(self, graph: Any, stream: Any) -> None:
         self._check(self.rt.cudaGraphLaunch(graph, stream), "cudaGraphLaunch")
@@ -227,6 +279,16 @@ class CudaBindings:
                 "cuda_driver": f"{self.driver_version // 1000}.{(self.driver_version % 1000) // 10}",
                 "cuda_api": f"{self.name} {self.version or '?'}"}
 
+    def close(self) -> None:
+        pass  # the runtime API uses the primary context; nothing was pushed
+
+
+def _optional_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
 
 class PyCuda:
     """:class:`CudaApi` over ``pycuda.driver`` (pycuda 2022.1+). Uses the device's primary context,
@@ -243,6 +305,27 @@ class PyCuda:
         self.dev = self._call("Device", self.drv.Device, device)
         self.ctx = self._call("retain_primary_context", self.dev.retain_primary_context)
         self._call("Context.push", self.ctx.push)
+        self._pushed = True
+        # A backend that is never closed still pops at exit, before pycuda's own clean-up checks the stack.
+        atexit.register(self._close_at_exit)
+
+    def close(self) -> None:
+        """Pop the context pushed in ``__init__`` (once).
+
+        Contexts are per thread: call it on the thread that opened this. Every PyCuda pushes the same
+        primary context, so the order in which several are closed does not matter.
+        """
+        if not getattr(self, "_pushed", False):
+            return
+        self._pushed = False
+        atexit.unregister(self._close_at_exit)
+        self._call("Context.pop", self.ctx.pop)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except CudaError:
+            pass  # the process is ending; a traceback from an exit hook would only alarm
 
     def _call(self, what: str, fn, *args):
         err_type = getattr(self.drv, "Error", None)  # pycuda.driver.Error: base of LogicError, MemoryError, ...
@@ -299,6 +382,9 @@ class PyCuda:
     def end_capture(self, stream: Any) -> Any:  # pragma: no cover - begin_capture already refused
         raise CudaError("CUDA graphs need CUDA Python")
 
+    def abort_capture(self, stream: Any) -> None:  # pragma: no cover - begin_capture already refused
+        pass
+
     def graph_launch(self, graph: Any, stream: Any) -> None:  # pragma: no cover
         raise CudaError("CUDA graphs need CUDA Python")
 
@@ -316,8 +402,10 @@ class PyCuda:
 
 def _install_hint() -> str:
     if os.path.exists("/etc/nv_tegra_release"):
-        return "on Jetson: pip install 'cuda-python==12.*' (JetPack 6 / CUDA 12) inside the --system-site-packages venv"
-    return "pip install 'deepfusionnet[trt]' (cuda-python; its major version must match your CUDA driver)"
+        return ("on Jetson: pip install 'cuda-bindings==12.*' (JetPack 6 / CUDA 12) inside the "
+                "--system-site-packages venv")
+    return ("pip install 'deepfusionnet[trt]' (cuda-bindings 12.x; with a CUDA 13 driver pip install "
+            "'cuda-bindings==13.*' instead)")
 
 
 def open_cuda(api: str = "auto", device: int = 0) -> CudaApi:

@@ -30,16 +30,14 @@ def _dims(pshape) -> tuple:
 
 
 def _read_model(ov, core, path: Path):
-    """Read ``.onnx`` through OpenVINO's ONNX frontend only; other files (``.xml`` IR) with read_model.
+    """Read ``.onnx`` through OpenVINO's ONNX frontend only and ``.xml`` through its IR frontend only.
 
-    ``core.read_model`` tries every frontend in turn, and on a file that is not valid ONNX its
+    ``core.read_model`` tries every frontend in turn, and on a file that is not valid ONNX or IR its
     TensorFlow frontend prints absl "Error parsing text-format" lines straight to stderr.
     """
-    if path.suffix.lower() != ".onnx":
-        return core.read_model(str(path))
     from openvino.frontend import FrontEndManager
 
-    frontend = FrontEndManager().load_by_framework("onnx")
+    frontend = FrontEndManager().load_by_framework("onnx" if path.suffix.lower() == ".onnx" else "ir")
     return frontend.convert(frontend.load(str(path)))
 
 

@@ -5,8 +5,12 @@ Calls used, checked against the TensorRT 10.x / 11.x Python API reference and NV
 (returns ``None`` on a bad or foreign plan), ``engine.num_io_tensors``, ``get_tensor_name/mode/dtype/shape``,
 ``get_tensor_profile_shape(name, 0) -> (min, opt, max)``, ``create_execution_context()``,
 ``context.set_input_shape`` (bool), ``context.get_tensor_shape`` (outputs, read after the input shapes
-are set), ``context.set_tensor_address(name, int)``, ``context.execute_async_v3(stream_handle)`` (bool).
-The bindings API (``execute_v2``, ``get_binding_*``) was removed in TensorRT 10 and is not used.
+are set), ``context.set_tensor_address(name, int)`` (bool: False for a name that is no I/O tensor or an
+address not 256-byte aligned) and ``context.execute_async_v3(stream_handle: int)`` (bool: False when the
+kernels could not be enqueued, e.g. under a CUDA-graph capture it cannot join). Both return values are
+checked: python/src/infer/pyCore.cpp returns ``setTensorAddress`` / ``enqueueV3`` as they are in TensorRT
+10.3 (JetPack 6) and 11.x, and NvInferRuntime.h documents the False cases. The bindings API
+(``execute_v2``, ``get_binding_*``) was removed in TensorRT 10 and is not used.
 
 Memory and the stream go through :mod:`deepfusionnet.runtime.backends.cuda` (CUDA Python or pycuda):
 pinned host buffers, one stream, async copies in, execute, async copies out, one synchronize; buffers
@@ -210,6 +214,7 @@ class TensorRTBackend:
         self.path = path
         self.sidecar = read_sidecar(path)
         self.cuda = cuda if cuda is not None else open_cuda(cuda_api, device)
+        self._owns_cuda = cuda is None  # close() pops pycuda's context only when this backend opened it
         self.device = self.cuda.device_info()
         if check_sidecar:
             check_engine_sidecar(path, self.sidecar, trt.__version__, self.device)
@@ -351,7 +356,7 @@ class TensorRTBackend:
         nbytes.update({n: int(np.prod(s)) * self._dtypes[n].itemsize for n, s in out_shapes.items()})
         for name, size in nbytes.items():
             _, dev = self._ensure(name, size)
-            ctx.set_tensor_address(name, dev.ptr)
+            self._set_address(name, dev.ptr)
         for name, arr in arrays.items():
             host, dev = self._buffers[name]
             host.array[: arr.nbytes] = arr.reshape(-1).view(np.uint8)
@@ -369,6 +374,13 @@ class TensorRTBackend:
         return {n: self._buffers[n][0].array[: nbytes[n]].view(self._dtypes[n]).reshape(s).copy()
                 for n, s in out_shapes.items()}
 
+    def _set_address(self, name: str, ptr: int) -> None:
+        # TensorRT 10.x/11.x return False (and log why) for an unknown name or a misaligned address; running
+        # anyway would read or write whatever the tensor was bound to before.
+        if not self.context.set_tensor_address(name, ptr):
+            raise DFNError(f"{self.path}: TensorRT refused the device address of tensor {name!r} "
+                           f"({self._logger.last_error() or 'not an I/O tensor, or not 256-byte aligned'})")
+
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self._stream_handle):
             raise DFNError(f"{self.path}: TensorRT execution failed ({self._logger.last_error() or 'see DFN_TRT_LOG=1'})")
@@ -379,22 +391,43 @@ class TensorRTBackend:
             self.cuda.graph_launch(self._graph, self.stream)
             return
         self._drop_graph()
-        # One plain enqueue (and wait) first: it computes this frame, and TensorRT does its deferred
-        # per-shape work there, outside the capture (as trtutils core/_graph.py users and the deploy
-        # notes section 2 do).
+        # One plain enqueue (and wait) first, as trtexec does: it computes this frame, and TensorRT does
+        # its deferred per-shape work there, outside the capture.
         self._execute()
         self.cuda.synchronize(self.stream)
+        graph = self._capture()
+        if graph is not None:
+            self._graph, self._graph_key = graph, key
+
+    def _capture(self) -> Any:
+        """Capture one enqueue into a CUDA graph; ``None`` (graphs off, told once) when that fails.
+
+        A failed capture must never be kept: its graph would hold no kernels, and replaying it would
+        hand back the first frame's output for every later frame. This frame's output is already in
+        the output buffer from the plain enqueue before the capture.
+        """
         try:
             self.cuda.begin_capture(self.stream)
-            try:
-                self.context.execute_async_v3(self._stream_handle)  # recorded, not run
-            finally:
-                graph = self.cuda.end_capture(self.stream)
         except CudaError as exc:
-            print(f"dfn: CUDA graph capture failed, running without graphs ({exc})", file=sys.stderr)
-            self.cuda_graph = False
-            return
-        self._graph, self._graph_key = graph, key
+            return self._graphs_off(str(exc))
+        try:
+            enqueued = self.context.execute_async_v3(self._stream_handle)  # recorded, not run
+        except BaseException:
+            self.cuda.abort_capture(self.stream)
+            raise
+        if not enqueued:
+            self.cuda.abort_capture(self.stream)
+            why = self._logger.last_error() or "TensorRT could not enqueue under stream capture"
+            return self._graphs_off(f"this engine cannot run inside a CUDA graph: {why}")
+        try:
+            return self.cuda.end_capture(self.stream)
+        except CudaError as exc:
+            return self._graphs_off(str(exc))
+
+    def _graphs_off(self, why: str) -> None:
+        print(f"dfn: CUDA graph capture failed, running without graphs ({why})", file=sys.stderr)
+        self.cuda_graph = False
+        return None
 
     # -- teardown -------------------------------------------------------------------------------------
     def _drop_graph(self) -> None:
@@ -422,6 +455,8 @@ class TensorRTBackend:
         self.context = None
         self.engine = None
         self.runtime = None
+        if self._owns_cuda:
+            self.cuda.close()  # last: pycuda's context must stay current while buffers are freed
 
 
 def load(path: Path, **options) -> TensorRTBackend:

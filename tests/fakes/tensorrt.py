@@ -4,6 +4,15 @@ The builder "compiles" a graph read with ``onnx`` into a JSON plan; the engine "
 bytes at the device addresses given to ``set_tensor_address`` and writing outputs there (fake device
 memory is host memory, see fakes/cuda.py). The network computes ``0.5 * x + 0.25`` at scale 1, and
 nearest-neighbour 2x upsampling of that at scale 2 (``dfn.scale`` metadata of the ONNX).
+
+Return values follow the TensorRT 10.x Python API (10.3 is JetPack 6; same in 11.x), because ignoring
+them is how bugs hide: ``set_tensor_address`` returns ``False`` for a name that is not an I/O tensor or an
+address that is not 256-byte aligned (NvInferRuntime.h, setTensorAddress), and ``execute_async_v3`` returns
+``False`` when it could not enqueue. Under CUDA-graph capture, ``World.capture_failure`` makes it fail the
+two ways trtexec's ``TrtCudaGraph::endCaptureOnError`` (samples/common/sampleDevice.h) distinguishes:
+"invalidate" (an operation not permitted under capture invalidated it: the capture ends with
+cudaErrorStreamCaptureInvalidated and no graph) and "refuse" (TensorRT reports failure; the capture ends
+with a graph that must not be used).
 """
 
 from __future__ import annotations
@@ -228,8 +237,8 @@ def make_tensorrt(world, version: str = "10.3.0.30", dla_cores: int = 0, fail_bu
             return PLAN_MAGIC + json.dumps(plan).encode()
 
     class Engine:
-        def __init__(self, plan):
-            self.plan = plan
+        def __init__(self, plan, logger=None):
+            self.plan, self.logger = plan, logger
             self.io = plan["io"]
 
         @property
@@ -284,13 +293,34 @@ def make_tensorrt(world, version: str = "10.3.0.30", dla_cores: int = 0, fail_bu
             n, c, h, w = src
             return (n, t["shape"][1] if t["shape"][1] > 0 else c, h * s, w * s)
 
+        def _error(self, text):
+            if self.engine.logger is not None:
+                self.engine.logger.log(1, text)
+            return False
+
         def set_tensor_address(self, name, ptr):
             log.append(("set_tensor_address", name, int(ptr)))
+            if not any(t["name"] == name for t in self.engine.io):
+                return self._error(f"IExecutionContext::setTensorAddress: Error Code 3: API Usage Error "
+                                   f"(Given invalid tensor name: {name})")
+            if int(ptr) % 256:
+                return self._error("IExecutionContext::setTensorAddress: Error Code 3: API Usage Error "
+                                   "(Parameter check failed, condition: "
+                                   "(reinterpret_cast<uintptr_t>(data) % 256) == 0)")
             self.addresses[name] = int(ptr)
             return True
 
         def execute_async_v3(self, stream_handle):
             log.append(("execute_async_v3", int(stream_handle)))
+            capturing = int(stream_handle) in world.capturing
+            if capturing and world.capture_failure == "invalidate":
+                # A call not permitted under capture: CUDA invalidates the capture and records the error.
+                world.invalidated.add(int(stream_handle))
+                world.last_error = 900  # cudaErrorStreamCaptureUnsupported
+                return self._error("Error Code 1: Cuda Runtime (operation not permitted when stream is "
+                                   "capturing)")
+            if capturing and world.capture_failure == "refuse":
+                return self._error("Error Code 2: Internal Error (enqueue failed under stream capture)")
 
             def run():
                 ins = [t for t in self.engine.io if t["mode"] == "INPUT"]
@@ -304,7 +334,7 @@ def make_tensorrt(world, version: str = "10.3.0.30", dla_cores: int = 0, fail_bu
                     world.write(self.addresses[t["name"]], y.astype(_NP[DataType(t["dtype"])]))
                 world.calls.append(("kernel", int(stream_handle)))
 
-            if int(stream_handle) in world.capturing:
+            if capturing:
                 world.capturing[int(stream_handle)].append(run)
             else:
                 run()
@@ -326,7 +356,7 @@ def make_tensorrt(world, version: str = "10.3.0.30", dla_cores: int = 0, fail_bu
                 self.logger.log(1, f"The engine plan file is not compatible with this version of TensorRT, "
                                    f"expecting library version {version} got {plan['version']}")
                 return None
-            return Engine(plan)
+            return Engine(plan, self.logger)
 
     trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
     return trt
