@@ -43,6 +43,10 @@ class World:
 
     calls: list = field(default_factory=list)
     buffers: dict = field(default_factory=dict)  # address -> ctypes buffer (keeps it alive)
+    # Freed buffers stay allocated for the World's lifetime: a numpy view or a copy that outlives its
+    # free (a bug the tests should see as wrong numbers) must never write into the process heap. A real
+    # free in the double corrupted malloc's state and crashed the test process much later.
+    freed: list = field(default_factory=list)
     capturing: dict = field(default_factory=dict)  # stream handle -> list of captured closures
     capture_modes: dict = field(default_factory=dict)  # stream handle -> (mode, capturing thread id)
     streams: set = field(default_factory=set)  # live stream handles
@@ -196,7 +200,7 @@ def make_cudart(world: World) -> types.ModuleType:
 
     def free(kind):
         def f(addr):
-            world.buffers.pop(int(addr), None)
+            world.freed.append(world.buffers.pop(int(addr), None))
             return result(kind, int(addr))[:1]
         return f
 
@@ -344,7 +348,7 @@ def make_pycuda_driver(world: World) -> types.ModuleType:
 
         def free(self):
             world.calls.append(("free",))
-            world.buffers.pop(self.ptr, None)
+            world.freed.append(world.buffers.pop(self.ptr, None))
 
     def mem_alloc(n):
         check("mem_alloc")
