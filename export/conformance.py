@@ -451,6 +451,8 @@ def polygraphy_lint(path: str | Path, proto=None, timeout: float = 600) -> list[
                     "polygraphy-lint", "graph", f"polygraphy check lint did not finish in {timeout:g} s"
                 )
             ]
+        if not report.is_file() and "POLYGRAPHY_AUTOINSTALL_DEPS" in (done.stderr + done.stdout):
+            return None  # Polygraphy is there but a module its lint imports is not: the lint is unavailable
         if not report.is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()
             return [
