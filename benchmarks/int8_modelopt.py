@@ -26,10 +26,13 @@ by the project's venv), ``conv-fp32`` (``excl`` restricted to convs with FP32 el
 route's placement, ModelOpt's calibration); ``excl-fp32`` and ``conv-fp16`` fill in the 2x2 (ModelOpt's
 op choice or convs only) x (FP16 or FP32 elsewhere) that tells which of the two costs parity.
 
-    /tmp/mo-venv/bin/python benchmarks/int8_modelopt.py fp16-time            # the project's FP16 export
-    /tmp/mo-venv/bin/python benchmarks/int8_modelopt.py run --model deepfusionnet --fp32 /tmp/mo/fp32.onnx \\
+    MO/bin/python benchmarks/int8_modelopt.py fp16-time            # the project's FP16 export
+    MO/bin/python benchmarks/int8_modelopt.py run --model deepfusionnet --fp32 fp32.onnx \\
         --variant defaults --method entropy
-    /tmp/mo-venv/bin/python benchmarks/int8_modelopt.py report              # results/int8_modelopt.md
+    MO/bin/python benchmarks/int8_modelopt.py report               # results/int8_modelopt.md
+
+(MO: a venv of its own with ``torch==2.13.0 'nvidia-modelopt[onnx]'``; fp32.onnx from
+``dfn export deepfusionnet -o fp32.onnx --no-check``.)
 
 Results accumulate in benchmarks/results/int8_modelopt.json (one entry per model/variant/method/frames).
 """
@@ -577,12 +580,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--frames", type=int, default=32, help="calibration frames (default 32, as the project)")
     r.add_argument("--calib-dir", help="default: LOL-v1 train/low (train/high for the SR model)")
     r.add_argument("--check-dir", action="append", help="parity folder(s); default: the calibration folder")
-    r.add_argument("--sidecar", default="/tmp/w/base.int8.onnx.json",
+    r.add_argument("--sidecar", default=None,
                    help="INT8 sidecar whose calibration.excluded_nodes the 'excl' variants use")
-    r.add_argument("--work", default="/tmp/mo", help="scratch folder for the graphs")
+    r.add_argument("--work", default="runs/int8-modelopt", help="scratch folder for the graphs")
     f = sub.add_parser("fp16-time", help="time the project's FP16 export")
     f.add_argument("--model", default="deepfusionnet")
-    f.add_argument("--work", default="/tmp/mo")
+    f.add_argument("--work", default="runs/int8-modelopt")
     m = sub.add_parser("measure", help="measure an INT8 graph made elsewhere the same way (reference row)")
     m.add_argument("--model", required=True, choices=["deepfusionnet", "deepfusionnet-sr"])
     m.add_argument("--fp32", required=True)

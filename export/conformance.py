@@ -473,22 +473,16 @@ def polygraphy_lint(path: str | Path, proto=None, timeout: float = 600) -> list[
     return out
 
 
-def check_file(
-    path: str | Path, target: str = "trt10", dla: bool = False, lint: bool = True
-) -> list[Violation]:
-    """:func:`check_graph` on the ONNX file ``path``, then Polygraphy's lint when asked and installed."""
+def load_model(path: str | Path):
+    """The ONNX model at ``path``, or a one-line :class:`DFNError` saying why not."""
     onnx = require("onnx", "export")
     path = Path(path)
     if not path.is_file():
         raise DFNError(f"{path}: no such ONNX file")
     try:
-        proto = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as exc:
         raise DFNError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
-    found = check_graph(proto, target, dla)
-    if lint:
-        found.extend(polygraphy_lint(path, proto) or [])
-    return found
 
 
 def errors(found: Iterable[Violation]) -> list[Violation]:

@@ -122,7 +122,7 @@ def export_model(
     import time
 
     from deepfusionnet.export import onnx as onx
-    from deepfusionnet.export.sidecar import set_metadata
+    from deepfusionnet.export.sidecar import set_metadata, write_sidecar
     from deepfusionnet.runtime.artifacts import sidecar_path
     from deepfusionnet.train.models.registry import get_spec
 
@@ -178,7 +178,7 @@ def export_model(
             result.parity = parity_step(source, source_artifact.path, out, check_dir, opts, info, progress)
         info["export_options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
         info["export_seconds"] = round(time.perf_counter() - t0, 1)
-        _write_sidecar(out, info)
+        write_sidecar(out, info)
         return result
     except BaseException:
         out.unlink(missing_ok=True)  # half an export is worse than none
@@ -194,12 +194,6 @@ def _check_size(size: tuple[int, int] | None, multiple: int, name: str) -> None:
                 f"--size {w}x{h}: width and height must be positive multiples of {multiple} "
                 f"for {name} (the runtime pads frames up to it)"
             )
-
-
-def _write_sidecar(out: Path, info: dict) -> Path:
-    from deepfusionnet.export.sidecar import write_sidecar
-
-    return write_sidecar(out, info)
 
 
 def fp16_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callable[[str], None]):
@@ -362,9 +356,10 @@ def parity_step(
 ):
     """Parity of the written graph against the PyTorch model on ``check_dir``; recorded in ``info``."""
     from deepfusionnet.export.parity import parity_report
+    from deepfusionnet.export.sidecar import write_sidecar
     from deepfusionnet.runtime.artifacts import SHIPPED
 
-    _write_sidecar(out, info)  # the check loads the graph through the runtime, which reads the sidecar
+    write_sidecar(out, info)  # the check loads the graph through the runtime, which reads the sidecar
     progress(f"parity vs PyTorch on {opts.check_images or 'all'} image(s) from {check_dir}")
     ref = str(source) if str(source) in SHIPPED else str(weights)
     report = parity_report(

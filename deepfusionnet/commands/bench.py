@@ -10,7 +10,7 @@ Model specs: a shipped name or file; A+B chains two models; half:A+B runs A at h
 examples:
   dfn bench deepfusionnet --backend auto --size 600x400 --json
   dfn bench deepfusionnet --backend torch,onnxruntime,openvino --precision fp32,bf16 --runs 10
-  dfn bench half:deepfusionnet+deepfusionnet-sr --backend openvino --quality ../shared/data/lol-v1/eval15
+  dfn bench half:deepfusionnet+deepfusionnet-sr --backend openvino --quality lol-v1/eval15
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from deepfusionnet.errors import DFNError, require
 
     require("onnx", "export")
-    from deepfusionnet.export.conformance import check_file, errors, polygraphy_lint
+    from deepfusionnet.export.conformance import check_graph, errors, load_model, polygraphy_lint
     from deepfusionnet.runtime.artifacts import resolve
 
     artifact = resolve(args.model)
@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise DFNError(f"{artifact.path}: dfn check reads ONNX graphs; this is a {artifact.kind} file")
     targets = args.target or ["trt10", "trt11"]
     report: dict = {"model": str(artifact.path), "targets": {}}
-    lint_found = None if args.no_lint else polygraphy_lint(artifact.path, _load(artifact.path))
+    proto = load_model(artifact.path)  # read once: every target and the lint check the same graph
+    lint_found = None if args.no_lint else polygraphy_lint(artifact.path, proto)
     for target in targets:
-        found = check_file(artifact.path, target, args.dla, lint=False)
+        found = check_graph(proto, target, args.dla)
         report["targets"][target] = [v.to_json() for v in found]
         for v in found:
             print(f"{target}: {v.line()}", file=sys.stderr)
@@ -75,8 +76,3 @@ def run(args: argparse.Namespace) -> int:
         raise DFNError(f"{artifact.path}: fails {', '.join(failed)} (details above)")
     return 0
 
-
-def _load(path):
-    import onnx
-
-    return onnx.load(str(path))

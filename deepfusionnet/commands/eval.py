@@ -6,7 +6,7 @@ separately, labelled. SR models (scale 2) are scored on the data's normal-light 
 downscaled x2 with a fixed seed.
 
 examples:
-  dfn eval deepfusionnet --data ../shared/data/lol-v1/eval15
+  dfn eval deepfusionnet --data lol-v1/eval15
   dfn eval model.fp16.engine --data lol/eval15 --json > scores.json
   dfn eval baseline:lime --data lol/eval15 --sheet lime.png
   dfn eval deepfusionnet-sr --data lol/eval15 --backend torch

@@ -9,7 +9,7 @@ hurt eval15, -0.67 dB; docs/training.md). The output file is the input weights p
 in their metadata; every later `dfn export`/`dfn build` carries it, and every backend applies it.
 
 examples:
-  dfn fit-exposure runs/enh/best.safetensors --data ../shared/data/lol-v1/train --val-count 40 \\
+  dfn fit-exposure runs/enh/best.safetensors --data lol-v1/train --val-count 40 \\
       -o runs/enh/best.calibrated.safetensors
 """
 

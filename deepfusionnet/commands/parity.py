@@ -11,7 +11,7 @@ precision (from its sidecar or ONNX metadata) unless --precision is given:
 Exit code 1 when a tolerance is missed. Needs no torch for two ONNX files or engines.
 
 examples:
-  dfn parity runtime/weights/deepfusionnet.safetensors dfn-int8.onnx --data ../shared/data/lol-v1/eval15
+  dfn parity runtime/weights/deepfusionnet.safetensors dfn-int8.onnx --data lol-v1/eval15
   dfn parity dfn-fp32.onnx dfn-fp32.onnx --backend openvino --data samples/night
 """
 
