@@ -101,7 +101,7 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()
 
-    from deepfusionnet.runtime.machine import has_native_bf16, machine_key
+    from deepfusionnet.runtime.measure.machine import has_native_bf16, machine_key
 
     if not has_native_bf16():
         print("bf16_training: this CPU has no bf16 hardware (AVX512-BF16, AMX, Arm BF16); PyTorch would "

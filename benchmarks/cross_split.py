@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from deepfusionnet.commands.eval import open_model
-from deepfusionnet.runtime.evaluate import evaluate
+from deepfusionnet.runtime.measure.evaluate import evaluate
 from deepfusionnet.runtime.images import atomic_write_bytes
-from deepfusionnet.runtime.pairs import find_pairs
+from deepfusionnet.runtime.measure.pairs import find_pairs
 from deepfusionnet.train.data import load_pairs, scene_labels, split_validation
 from portable_paths import portable  # benchmarks/ is on sys.path when run as a script
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from deepfusionnet.commands.eval import open_model
 from deepfusionnet.runtime.artifacts import shipped_path
-from deepfusionnet.runtime.baselines import BASELINES
-from deepfusionnet.runtime.evaluate import evaluate
+from deepfusionnet.runtime.measure.baselines import BASELINES
+from deepfusionnet.runtime.measure.evaluate import evaluate
 from deepfusionnet.runtime.images import atomic_write_bytes
-from deepfusionnet.runtime.pairs import find_pairs
+from deepfusionnet.runtime.measure.pairs import find_pairs
 from portable_paths import portable  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from deepfusionnet.export.pipeline import ExportOptions, export_model
-    from deepfusionnet.runtime.compare import run_parity
+    from deepfusionnet.runtime.measure.compare import run_parity
     from deepfusionnet.runtime.enhancer import open_enhancer
-    from deepfusionnet.runtime.pairs import find_pairs
+    from deepfusionnet.runtime.measure.pairs import find_pairs
     from deepfusionnet.train.weights import file_sha256
 
     say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"data": portable(args.data), "backend": "onnxruntime CPU", "reference": "PyTorch FP32 (same weights)",
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
-    from deepfusionnet.runtime.compare import _finite
+    from deepfusionnet.runtime.measure.compare import _finite
 
     (args.out / "export_table.json").write_text(json.dumps(_finite(doc), indent=2) + "\n")
     (args.out / "export_table.md").write_text(markdown(rows) + "\n")

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
 
-    from deepfusionnet.runtime.machine import machine_info
+    from deepfusionnet.runtime.measure.machine import machine_info
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="dfn-export-time-") as tmp:

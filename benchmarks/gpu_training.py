@@ -155,14 +155,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=240, help="seconds allowed to each training run")
     args = ap.parse_args()
 
-    from deepfusionnet.runtime.machine import machine_info
+    from deepfusionnet.runtime.measure.machine import machine_info
 
     gpu = cuda_info()
     result: dict = {"machine": machine_info(), "gpu": gpu, "training": {}, "cpu_vs_cuda_outputs": None}
     with tempfile.TemporaryDirectory(prefix="dfn-gpu-training-") as tmp:
         tmp = Path(tmp)
         if args.data is None:
-            w, h = map(int, args.size.lower().split("x"))
+            from deepfusionnet.runtime.sizes import parse_size
+
+            w, h = parse_size(args.size)
             data = synthetic_pairs(tmp / "pairs", args.pairs, (h, w))
             result["data"] = (f"synthetic: {args.pairs} pairs of {w}x{h} (train/synthetic.py darken), "
                               "made on the fly")

@@ -67,7 +67,7 @@ VARIANTS = ("defaults", "excl", "excl-fp32", "conv-fp16", "conv-fp32")
 
 
 def list_images(folder: Path) -> list[Path]:
-    """As ``deepfusionnet.runtime.pairs.list_images``: recursive, sorted, hidden files skipped."""
+    """As ``deepfusionnet.runtime.measure.pairs.list_images``: recursive, sorted, hidden files skipped."""
     return sorted(p for p in folder.rglob("*")
                   if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file())
 

@@ -20,7 +20,7 @@ def profile(path: str, precision: str | None, size: tuple[int, int], threads: in
     import numpy as np
     import openvino as ov
 
-    from deepfusionnet.runtime.bench import synthetic_frame
+    from deepfusionnet.runtime.measure.frames import synthetic_frame
     from deepfusionnet.runtime.processing import to_tensor
 
     core = ov.Core()
@@ -65,7 +65,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    w, h = (int(v) for v in args.size.split("x"))
+    from deepfusionnet.runtime.sizes import parse_size
+
+    w, h = parse_size(args.size)
     res = profile(args.model, args.precision, (w, h), args.threads, args.runs)
     if args.json:
         json.dump(res, sys.stdout, indent=2)

@@ -26,8 +26,8 @@ from portable_paths import portable_tree  # benchmarks/ is on sys.path when run 
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-MODELS = ["deepfusionnet", "deepfusionnet-sr", "deepfusionnet+deepfusionnet-sr", "half:deepfusionnet+deepfusionnet-sr"]
-BACKENDS = ["torch", "onnxruntime", "openvino", "auto", "ort-cuda", "tensorrt"]
+MODELS = ["deepfusionnet", "deepfusionnet-sr", "deepfusionnet+deepfusionnet-sr", "fast:deepfusionnet+deepfusionnet-sr"]
+BACKENDS = ["torch", "onnxruntime", "openvino", "auto", "ort-cuda", "ort-trt"]  # ort-trt: ORT's TensorRT EP
 PRECISIONS = ["fp32", "fp16", "bf16", "int8"]
 SIZES = ["600x400", "640x480", "1280x720"]
 EVAL15 = REPO.parent / "shared" / "data" / "lol-v1" / "eval15"
@@ -63,10 +63,10 @@ def up_to_date(path: Path, name: str) -> bool:
     by the current export code (a change to it, e.g. which nodes INT8 keeps float, changes the graph)."""
     import deepfusionnet.export as export_pkg
     from deepfusionnet.runtime.artifacts import read_sidecar, shipped_path
-    from deepfusionnet.runtime.auto import file_sha256
+    from deepfusionnet.runtime.measure.auto import file_sha256
 
     try:
-        recorded = read_sidecar(path).get("source_weights_sha256")
+        recorded = read_sidecar(path).extra.get("source_weights_sha256")
         code = max(f.stat().st_mtime for f in Path(export_pkg.__file__).parent.glob("*.py"))
         return recorded == file_sha256(shipped_path(name, "weights")) and path.stat().st_mtime > code
     except Exception:  # noqa: BLE001 - unreadable sidecar or weights: export again
@@ -97,7 +97,7 @@ def export_with_module(name: str, prec: str, out: Path) -> None:
         kept = []
     set_metadata(proto, model_name, scale, multiple, prec, exposure)
     dfn_onnx.save(proto, out)
-    from deepfusionnet.runtime.auto import file_sha256
+    from deepfusionnet.runtime.measure.auto import file_sha256
 
     write_sidecar(out, {"source_weights_sha256": file_sha256(src.path), "model": model_name, "scale": scale, "multiple": multiple, "precision": prec,
                         "kept_float": kept, "parity": {"passed": None, "note": "benchmarks/run_matrix.py fallback "
@@ -128,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args(argv)
 
-    from deepfusionnet.runtime.bench import (bench, machine_markdown, markdown_table, parse_model_spec, parse_size,
-                                             plot_frontier)
-    from deepfusionnet.runtime.pairs import find_pairs
+    from deepfusionnet.runtime.measure.bench import bench
+    from deepfusionnet.runtime.measure.plan import parse_model_spec
+    from deepfusionnet.runtime.measure.plot import plot_frontier
+    from deepfusionnet.runtime.measure.report import machine_markdown, markdown_table
+    from deepfusionnet.runtime.sizes import parse_size
+    from deepfusionnet.runtime.measure.pairs import find_pairs
 
     def log(line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)

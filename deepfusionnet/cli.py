@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import errno
 import importlib
-import json
 import os
 import signal
 import sys
@@ -19,6 +18,7 @@ import sys
 from deepfusionnet import __version__
 from deepfusionnet.errors import DFNError
 from deepfusionnet.options import check_numeric_options
+from deepfusionnet.output import emit_json  # noqa: F401  (deepfusionnet.cli.emit_json, as before)
 
 # name -> (module, one-line help, extra it needs)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -35,13 +35,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "parity": ("deepfusionnet.commands.parity", "compare two models/artifacts on a data set", "base"),
     "build": ("deepfusionnet.commands.build", "build a TensorRT engine from an ONNX graph", "trt"),
 }
-
-
-def emit_json(obj) -> None:
-    """Print ``obj`` as JSON on stdout (the only thing a --json run prints there)."""
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,8 +2,9 @@
 
 Steps, each usable alone: :func:`.onnx.onnx_from_torch` (FP32 graph, dynamic H/W),
 :func:`.precision.fp16_from_onnx`, :func:`.precision.int8_from_onnx`, :mod:`.sidecar` (metadata and
-JSON sidecar), :mod:`.parity` (check against PyTorch); :func:`.pipeline.export_model` runs them all,
-as ``dfn export`` does. Needs ``deepfusionnet[export]`` (torch, onnx).
+JSON sidecar), :mod:`.parity` (check against PyTorch); :func:`.pipeline.export_model` composes them
+(each precision a step wrapping the one before, as Polygraphy's loaders do) as ``dfn export`` does.
+Needs ``deepfusionnet[export]`` (torch, onnx).
 """
 
 from __future__ import annotations

@@ -101,6 +101,33 @@ def _db(mse: np.ndarray) -> np.ndarray:
     return -10 * np.log10(np.maximum(mse, 1e-10))
 
 
+@dataclass
+class _Trials:
+    """Quantizes ``proto`` with other exclusions (reusing the calibration cache) and scores the result
+    on the check frames against FP32."""
+
+    proto: object
+    reader: object
+    checks: list[dict]
+    method: str
+    cache: Path
+    threads: int | None
+    ref: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ref = run_graph(self.proto, self.checks, self.threads)
+
+    def score(self, graph) -> list[float]:
+        """PSNR of ``graph`` against FP32 on every check frame."""
+        return [psnr_db(r, o) for r, o in zip(self.ref, run_graph(graph, self.checks, self.threads))]
+
+    def quantize(self, exclusions: list[str]) -> tuple[object, list[str], list[float]]:
+        """``(graph, its excluded nodes, its PSNR per check frame)`` with ``exclusions`` kept float."""
+        graph, ex, _ = int8_from_onnx(self.proto, self.reader, self.method, exclude=exclusions,
+                                      calibration_cache=self.cache)
+        return graph, ex, self.score(graph)
+
+
 def int8_with_fallback(
     proto,
     reader,
@@ -132,66 +159,80 @@ def int8_with_fallback(
     with tempfile.TemporaryDirectory(prefix="dfn-int8-search-") as tmp:
         cache = Path(tmp, "calibration.json")
         q, excluded, used = int8_from_onnx(proto, reader, method, exclude=exclude, calibration_cache=cache)
-        # a histogram method that fell back to MinMax cached MinMax ranges: reuse them as such
-        again = "minmax" if used.startswith("minmax") else method
         result = FallbackResult(q, excluded, used)
         if target_db <= 0 or not checks:
             return result
-        ref = run_graph(proto, checks, threads)
-
-        def frame_db(exclusions: list[str]) -> tuple[object, list[str], list[float]]:
-            graph, ex, _ = int8_from_onnx(proto, reader, again, exclude=exclusions, calibration_cache=cache)
-            return graph, ex, [psnr_db(r, o) for r, o in zip(ref, run_graph(graph, checks, threads))]
-
-        def record(stage, db: list[float]) -> None:
-            result.steps.append(
-                {"float": stage, "worst_db": round(min(db), 2), "mean_db": round(float(np.mean(db)), 2)}
-            )
-
-        db = [psnr_db(r, o) for r, o in zip(ref, run_graph(q, checks, threads))]
-        record(None, db)
+        # a histogram method that fell back to MinMax cached MinMax ranges: reuse them as such
+        again = "minmax" if used.startswith("minmax") else method
+        trials = _Trials(proto, reader, checks, again, cache, threads)
+        db = trials.score(q)
+        _record(result, None, db)
         progress(f"INT8 fallback: worst of {len(checks)} check frames {min(db):.1f} dB vs FP32 "
                  f"(target {target_db:g})")
         if min(db) >= target_db:
             return result
         stages = quantized_stages(proto.graph, result.excluded, protect)
-        every = [c for convs in stages.values() for c in convs]
-        solo: dict[str, np.ndarray] = {}
-        with _bar(len(stages), "INT8 fallback: each stage's own error") as bar:
-            for stage, convs in stages.items():
-                _, _, sdb = frame_db(result.excluded + [c for c in every if c not in convs])
-                solo[stage] = _mse(sdb)
-                bar.update(1)
-        result.trials = {
-            s: {"worst_db": round(float(_db(m).min()), 2), "mean_db": round(float(_db(m.mean())), 2)}
-            for s, m in solo.items()
-        }
-        limit = 10 ** (-(target_db + negligible_db) / 10)
-        order = [s for s in sorted(solo, key=lambda s: -solo[s].mean()) if solo[s].mean() >= limit][
-            :max_steps
-        ]
+        solo = _solo_errors(trials, stages, result)
+        order = _float_order(solo, target_db, negligible_db, max_steps)
         if not order:
             progress("INT8 fallback: no stage's own error comes near the target; the rest is not one "
                      "stage's, stopping")
             return result
-        # fewest stages (in order) whose float leaves a predicted error within the target on every frame
-        k = next(
-            (
-                k
-                for k in range(1, len(order) + 1)
-                if _db(sum(solo[s] for s in solo if s not in order[:k]) + 0.0).min() >= target_db
-            ),
-            len(order),
-        )
-        while True:
-            graph, ex, db = frame_db(result.excluded + [c for s in order[:k] for c in stages[s]])
-            result.proto = graph
-            for s in order[len(result.stages_kept_float) : k]:
-                result.steps.append({"float": s})
-            result.steps[-1].update(worst_db=round(min(db), 2), mean_db=round(float(np.mean(db)), 2))
-            progress(f"INT8 fallback: {', '.join(order[:k])} float -> worst {min(db):.1f} dB, "
-                     f"mean {np.mean(db):.1f}")
-            if min(db) >= target_db or k >= len(order):
-                result.excluded = ex
-                return result
-            k += 1
+        return _verify(trials, result, stages, solo, order, target_db, progress)
+
+
+def _record(result: FallbackResult, stage: str | None, db: list[float]) -> None:
+    result.steps.append(
+        {"float": stage, "worst_db": round(min(db), 2), "mean_db": round(float(np.mean(db)), 2)}
+    )
+
+
+def _solo_errors(trials: _Trials, stages: dict[str, list[str]], result: FallbackResult
+                 ) -> dict[str, np.ndarray]:
+    """Each stage's own error (MSE per check frame) with it alone INT8; recorded in ``result.trials``."""
+    every = [c for convs in stages.values() for c in convs]
+    solo: dict[str, np.ndarray] = {}
+    with _bar(len(stages), "INT8 fallback: each stage's own error") as bar:
+        for stage, convs in stages.items():
+            _, _, sdb = trials.quantize(result.excluded + [c for c in every if c not in convs])
+            solo[stage] = _mse(sdb)
+            bar.update(1)
+    result.trials = {
+        s: {"worst_db": round(float(_db(m).min()), 2), "mean_db": round(float(_db(m.mean())), 2)}
+        for s, m in solo.items()
+    }
+    return solo
+
+
+def _float_order(solo: dict[str, np.ndarray], target_db: float, negligible_db: float, max_steps: int
+                 ) -> list[str]:
+    """The stages to make float, largest mean error first, leaving out the negligible ones."""
+    limit = 10 ** (-(target_db + negligible_db) / 10)
+    return [s for s in sorted(solo, key=lambda s: -solo[s].mean()) if solo[s].mean() >= limit][:max_steps]
+
+
+def _verify(trials: _Trials, result: FallbackResult, stages: dict[str, list[str]],
+            solo: dict[str, np.ndarray], order: list[str], target_db: float,
+            progress: Callable[[str], None]) -> FallbackResult:
+    """Make the predicted stages float, measure, and add the next stage while the target is missed."""
+    # fewest stages (in order) whose float leaves a predicted error within the target on every frame
+    k = next(
+        (
+            k
+            for k in range(1, len(order) + 1)
+            if _db(sum(solo[s] for s in solo if s not in order[:k]) + 0.0).min() >= target_db
+        ),
+        len(order),
+    )
+    while True:
+        graph, ex, db = trials.quantize(result.excluded + [c for s in order[:k] for c in stages[s]])
+        result.proto = graph
+        for s in order[len(result.stages_kept_float) : k]:
+            result.steps.append({"float": s})
+        result.steps[-1].update(worst_db=round(min(db), 2), mean_db=round(float(np.mean(db)), 2))
+        progress(f"INT8 fallback: {', '.join(order[:k])} float -> worst {min(db):.1f} dB, "
+                 f"mean {np.mean(db):.1f}")
+        if min(db) >= target_db or k >= len(order):
+            result.excluded = ex
+            return result
+        k += 1

@@ -91,7 +91,7 @@ def _probe(net, spec) -> None:
 def _tagged(artifact, spec):
     """``artifact`` when the runtime reads ``spec``'s model, scale and multiple from its file; else an
     Artifact of a tagged safetensors copy (same name, same tensors) in a temporary folder removed with the
-    Artifact. Either way ``sidecar["source_file"]`` names the user's file (the export's provenance)."""
+    Artifact. Either way ``sidecar.extra["source_file"]`` names the user's file (the export's provenance)."""
     import dataclasses
     import shutil
     import tempfile
@@ -107,7 +107,8 @@ def _tagged(artifact, spec):
     # The runtime builds the model its metadata names (load_model) and pads and scales as resolve() says.
     if meta.get("model") == spec.name and (artifact.scale, artifact.multiple) == (spec.scale, spec.multiple):
         # "source_file" is set here, never taken from the file's own metadata (the sidecar hashes that file)
-        return dataclasses.replace(artifact, sidecar={**artifact.sidecar, "source_file": str(path)})
+        extra = {**artifact.sidecar.extra, "source_file": str(path)}
+        return dataclasses.replace(artifact, sidecar=dataclasses.replace(artifact.sidecar, extra=extra))
     tags = {"model": spec.name, "scale": str(spec.scale), "multiple": str(spec.multiple)}
     folder = Path(tempfile.mkdtemp(prefix="dfn-export-"))
     copy = folder / f"{path.stem}.safetensors"
@@ -118,7 +119,8 @@ def _tagged(artifact, spec):
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    sidecar = {**artifact.sidecar, **tags, "source_file": str(path)}
+    sidecar = dataclasses.replace(artifact.sidecar, model=spec.name, scale=spec.scale, multiple=spec.multiple,
+                                  extra={**artifact.sidecar.extra, "source_file": str(path)})
     tagged = dataclasses.replace(artifact, path=copy, model=spec.name, scale=spec.scale,
                                  multiple=spec.multiple, sidecar=sidecar)
     weakref.finalize(tagged, shutil.rmtree, folder, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The parity check run at export: the exported graph against the PyTorch model it came from.
 
-The comparison itself lives in :mod:`deepfusionnet.runtime.compare` (torch-free, so ``dfn parity``
+The comparison itself lives in :mod:`deepfusionnet.runtime.measure.compare` (torch-free, so ``dfn parity``
 also runs on a device); this module only fixes the export-time choices.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from deepfusionnet.runtime.compare import ParityReport, TOLERANCES, compare_models
+from deepfusionnet.runtime.measure.compare import ParityReport, TOLERANCES, compare_models
 
 __all__ = ["ParityReport", "TOLERANCES", "parity_report"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from deepfusionnet.errors import DFNError
 
@@ -43,7 +43,8 @@ class ExportOptions:
     targets: tuple[str, ...] = ("trt10", "trt11")
     lint: bool = True
     # the model's weights when the source is a registered name or a package.module:function entry point
-    # (export/onnx.py load_source); scale and multiple declare an entry point's output scale and input multiple
+    # (export/onnx.py load_source); scale and multiple declare an entry point's output scale and input
+    # multiple
     weights: Path | None = None
     scale: int | None = None
     multiple: int | None = None
@@ -106,6 +107,27 @@ def input_dirs(opts: ExportOptions, scale: int) -> tuple[Path | None, Path | Non
     return calib, check
 
 
+@dataclass
+class ExportJob:
+    """One export's inputs, resolved and checked before anything is written: what every step reads."""
+
+    source: str | Path
+    out: Path
+    opts: ExportOptions
+    net: Any  # the torch module, in eval mode
+    name: str  # the model's registered name
+    spec: Any  # its train.models.registry.ModelSpec: scale, multiple, task
+    source_artifact: Any  # runtime.artifacts.Artifact of the weights (exposure, source_file)
+    calib_dir: Path | None
+    check_dir: Path | None
+    progress: Callable[[str], None]
+
+
+# A step returns a graph and what the sidecar records of it. Steps compose as Polygraphy's loaders do:
+# each precision wraps the step before it, ``to_int8(onnx_from_torch(job), job)()`` runs both.
+Step = Callable[[], tuple[Any, dict]]
+
+
 def export_model(
     source: str | Path,
     out: str | Path,
@@ -121,69 +143,31 @@ def export_model(
     """
     import time
 
+    t0 = time.perf_counter()
+    job = prepare(source, out, opts or ExportOptions(), progress)
+    step = PRECISION_STEPS[job.opts.precision](onnx_from_torch(job), job)  # e.g. to_int8(onnx_from_torch)
+    graph, info = with_metadata(fixed_size(step, job), job)()
+    gate = conformance_gate(graph, job.opts.targets, job.out)
+    return write_export(job, graph, info, gate, t0)
+
+
+def prepare(source: str | Path, out: str | Path, opts: ExportOptions,
+            progress: Callable[[str], None]) -> ExportJob:
+    """Check the options and the output path, load the source model and find the input folders."""
     from deepfusionnet.export import onnx as onx
-    from deepfusionnet.export.sidecar import set_metadata, write_sidecar
-    from deepfusionnet.runtime.artifacts import sidecar_path
     from deepfusionnet.train.models.registry import get_spec
 
-    opts = opts or ExportOptions()
     opts.validate()
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise DFNError(f"{out}: the output must end in .onnx")
     if out.is_dir():
         raise DFNError(f"{out}: is a folder; name the .onnx file to write")
-    t0 = time.perf_counter()
     net, name, source_artifact = onx.load_source(source, opts.weights, opts.scale, opts.multiple)
     spec = get_spec(name)
     _check_size(opts.size, spec.multiple, name)
     calib_dir, check_dir = input_dirs(opts, spec.scale)
-    progress(f"exporting {name} ({source_artifact.path.name}) to ONNX, opset {opts.opset}, "
-             f"{opts.exporter} exporter")
-    base = onx.onnx_from_torch(net, opts.opset, opts.exporter)
-    if opts.simplify:
-        base = onx.simplify(base)
-    onx.check(base, str(out))
-    step = {
-        "fp32": lambda: (base, {}),
-        "fp16": lambda: fp16_step(base, calib_dir, opts, spec, progress),
-        "int8": lambda: int8_step(base, calib_dir, opts, spec, progress),
-    }[opts.precision]
-    graph, info = step()
-    if opts.size is not None:
-        graph = onx.fix_input_size(graph, *opts.size)
-    exposure = source_artifact.exposure  # travels with the graph (metadata and sidecar)
-    set_metadata(
-        graph,
-        name,
-        spec.scale,
-        spec.multiple,
-        opts.precision,
-        exposure.to_json() if exposure is not None else None,
-    )
-    onx.check(graph, str(out))
-    gate = conformance_gate(graph, opts.targets, out)
-    sidecar_path(out).unlink(missing_ok=True)  # a stale sidecar would describe another graph
-    try:
-        data = onx.save(graph, out)
-        info = {**export_info(name, spec, opts, graph, data, source_artifact), **info, "conformance": gate}
-        if opts.lint:
-            info["conformance"]["polygraphy_lint"] = lint_gate(out, graph)
-        progress(
-            f"wrote {out} ({len(data) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; passes "
-            f"{', '.join(opts.targets)} conformance"
-        )
-        result = ExportResult(out, sidecar_path(out), info)
-        if check_dir is not None:
-            result.parity = parity_step(source, source_artifact.path, out, check_dir, opts, info, progress)
-        info["export_options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
-        info["export_seconds"] = round(time.perf_counter() - t0, 1)
-        write_sidecar(out, info)
-        return result
-    except BaseException:
-        out.unlink(missing_ok=True)  # half an export is worse than none
-        sidecar_path(out).unlink(missing_ok=True)
-        raise
+    return ExportJob(source, out, opts, net, name, spec, source_artifact, calib_dir, check_dir, progress)
 
 
 def _check_size(size: tuple[int, int] | None, multiple: int, name: str) -> None:
@@ -196,28 +180,99 @@ def _check_size(size: tuple[int, int] | None, multiple: int, name: str) -> None:
             )
 
 
-def fp16_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callable[[str], None]):
-    """FP32 graph -> FP16 graph with the fragile nodes kept FP32, and what the sidecar records of it."""
-    from deepfusionnet.export import onnx as onx
+def onnx_from_torch(job: ExportJob) -> Step:
+    """The FP32 graph of the job's network (dynamic H/W), simplified when the options say so, checked."""
+
+    def run():
+        from deepfusionnet.export import onnx as onx
+
+        opts = job.opts
+        job.progress(f"exporting {job.name} ({job.source_artifact.path.name}) to ONNX, opset {opts.opset}, "
+                     f"{opts.exporter} exporter")
+        base = onx.onnx_from_torch(job.net, opts.opset, opts.exporter)
+        if opts.simplify:
+            base = onx.simplify(base)
+        onx.check(base, str(job.out))
+        return base, {}
+
+    return run
+
+
+def as_fp32(base: Step, job: ExportJob) -> Step:
+    """FP32: the graph as exported."""
+    return base
+
+
+def to_fp16(base: Step, job: ExportJob) -> Step:
+    """FP32 graph -> FP16 graph with the fragile nodes kept FP32; records them under ``"fp16"``."""
+
+    def run():
+        from deepfusionnet.export import onnx as onx
+        from deepfusionnet.export import precision as prec
+
+        graph, info = base()
+        cw, ch = job.opts.calib_size
+        frames = prec.calibration_images(job.calib_dir, 2)
+        feeds = [{onx.INPUT: prec.calibration_frame(p, cw, ch, job.spec.multiple)} for p in frames]
+        peaks = prec.activation_peaks(graph, feeds)
+        half, kept = prec.fp16_from_onnx(graph, peaks=peaks)
+        record = {
+            "kept_fp32": kept,
+            "peak_activation": max(peaks.values(), default=0.0),
+            "peaks_measured_on": [p.name for p in frames],
+        }
+        job.progress(f"FP16: {len(kept)} nodes kept in FP32; largest FP32 activation "
+                     f"{record['peak_activation']:.1f}")
+        return half, {**info, "fp16": record}
+
+    return run
+
+
+def to_int8(base: Step, job: ExportJob) -> Step:
+    """FP32 graph -> INT8 Q/DQ graph (calibrated, stages kept float by the accuracy search,
+    :mod:`.int8_fallback`); records the calibration under ``"calibration"``."""
+
+    def run():
+        from deepfusionnet.export import precision as prec
+
+        graph, info = base()
+        opts = job.opts
+        cw, ch = opts.calib_size
+        exclude = prec.int8_exclusions(graph.graph, opts.keep_float, opts.quantize)
+        frames = prec.calibration_images(job.calib_dir, opts.calib_count)
+        job.progress(
+            f"INT8: {len(exclude)} nodes kept float; calibrating ({opts.calib_method}) on "
+            f"{len(frames)} frames from {job.calib_dir} at {cw}x{ch}"
+        )
+        checks = _fallback_frames(job, frames)
+        found = _int8_search(graph, job, frames, checks, exclude)
+        if found.method != opts.calib_method:
+            job.progress(f"INT8: calibrated with {found.method}")
+        record = _int8_record(graph, found, job, frames, checks)
+        job.progress(f"INT8: {record['convs_int8']} of {record['convs_total']} convolutions run INT8")
+        return found.proto, {**info, "calibration": record}
+
+    return run
+
+
+def _fallback_frames(job: ExportJob, frames: list[Path]) -> list[Path]:
+    """The frames the INT8 fallback search checks on: from the calibration folder, past ``frames``."""
     from deepfusionnet.export import precision as prec
 
-    cw, ch = opts.calib_size
-    frames = prec.calibration_images(calib_dir, 2)
-    feeds = [{onx.INPUT: prec.calibration_frame(p, cw, ch, spec.multiple)} for p in frames]
-    peaks = prec.activation_peaks(base, feeds)
-    graph, kept = prec.fp16_from_onnx(base, peaks=peaks)
-    info = {
-        "kept_fp32": kept,
-        "peak_activation": max(peaks.values(), default=0.0),
-        "peaks_measured_on": [p.name for p in frames],
-    }
-    progress(f"FP16: {len(kept)} nodes kept in FP32; largest FP32 activation {info['peak_activation']:.1f}")
-    return graph, {"fp16": info}
+    opts = job.opts
+    if not (opts.fallback_db > 0 and opts.fallback_frames > 0):
+        return []
+    checks = prec.calibration_images(job.calib_dir, opts.fallback_frames, skip=frames)
+    if not checks:
+        job.progress(
+            f"INT8 fallback: skipped, {job.calib_dir} has no frames beyond the {len(frames)} calibration ones"
+        )
+    return checks
 
 
-def int8_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callable[[str], None]):
-    """FP32 graph -> INT8 Q/DQ graph (calibrated, stages kept float by the accuracy search), and what
-    the sidecar records of it."""
+def _int8_search(graph, job: ExportJob, frames: list[Path], checks: list[Path], exclude: list[str]):
+    """Calibrate on ``frames`` (``exclude`` kept float) and run the fallback search on ``checks`` -> its
+    ``FallbackResult``."""
     import sys
 
     from tqdm import tqdm
@@ -226,46 +281,37 @@ def int8_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callab
     from deepfusionnet.export import precision as prec
     from deepfusionnet.export.int8_fallback import int8_with_fallback
 
+    opts, spec = job.opts, job.spec
     cw, ch = opts.calib_size
-    exclude = prec.int8_exclusions(base.graph, opts.keep_float, opts.quantize)
-    frames = prec.calibration_images(calib_dir, opts.calib_count)
-    progress(
-        f"INT8: {len(exclude)} nodes kept float; calibrating ({opts.calib_method}) on "
-        f"{len(frames)} frames from {calib_dir} at {cw}x{ch}"
-    )
-    search = opts.fallback_db > 0 and opts.fallback_frames > 0
-    checks = prec.calibration_images(calib_dir, opts.fallback_frames, skip=frames) if search else []
-    if search and not checks:
-        progress(
-            f"INT8 fallback: skipped, {calib_dir} has no frames beyond the {len(frames)} calibration ones"
-        )
     feeds = [{onx.INPUT: prec.check_frame(p, spec.multiple, SEARCH_PIXELS)} for p in checks]
-    protect = prec.matching_convs(base.graph, opts.quantize)
     with tqdm(
         total=len(frames), desc="INT8: calibrating", unit="frame", file=sys.stderr, disable=None, leave=False
     ) as bar:
         reader = prec.calibration_reader(frames, onx.INPUT, cw, ch, spec.multiple, bar=bar)
-        found = int8_with_fallback(
-            base,
+        return int8_with_fallback(
+            graph,
             reader,
             feeds,
             opts.calib_method,
             exclude=exclude,
-            protect=protect,
+            protect=prec.matching_convs(graph.graph, opts.quantize),
             target_db=opts.fallback_db,
             threads=opts.threads,
-            progress=progress,
+            progress=job.progress,
         )
-    if found.method != opts.calib_method:
-        progress(f"INT8: calibrated with {found.method}")
-    convs = prec.conv_names(base.graph)
+
+
+def _int8_record(graph, found, job: ExportJob, frames: list[Path], checks: list[Path]) -> dict:
+    """What the sidecar records of an INT8 calibration and its fallback search."""
+    from deepfusionnet.export import precision as prec
+
+    convs = prec.conv_names(graph.graph)
     quantized = [c for c in convs if c not in set(found.excluded)]
-    progress(f"INT8: {len(quantized)} of {len(convs)} convolutions run INT8")
-    info = {
+    return {
         "method": found.method,
-        "dir": calib_dir.name,
+        "dir": job.calib_dir.name,
         "count": len(frames),
-        "size": [cw, ch],
+        "size": list(job.opts.calib_size),
         "symmetric": True,
         "per_channel": True,
         "bias": "float",
@@ -274,7 +320,7 @@ def int8_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callab
         "convs_total": len(convs),
         "excluded_nodes": found.excluded,
         "fallback": {
-            "target_db": opts.fallback_db,
+            "target_db": job.opts.fallback_db,
             "frames": [p.name for p in checks],
             "max_pixels": SEARCH_PIXELS,
             "steps": found.steps,
@@ -282,7 +328,88 @@ def int8_step(base, calib_dir: Path, opts: ExportOptions, spec, progress: Callab
             "stages_kept_float": found.stages_kept_float,
         },
     }
-    return found.proto, {"calibration": info}
+
+
+PRECISION_STEPS: dict[str, Callable[[Step, ExportJob], Step]] = {
+    "fp32": as_fp32,
+    "fp16": to_fp16,
+    "int8": to_int8,
+}
+
+
+def fixed_size(step: Step, job: ExportJob) -> Step:
+    """The graph fixed at ``--size`` when one was given (every precision starts from dynamic H/W)."""
+    if job.opts.size is None:
+        return step
+
+    def run():
+        from deepfusionnet.export import onnx as onx
+
+        graph, info = step()
+        return onx.fix_input_size(graph, *job.opts.size), info
+
+    return run
+
+
+def with_metadata(step: Step, job: ExportJob) -> Step:
+    """The graph with the ``dfn.*`` metadata the runtime reads when there is no sidecar, checked."""
+
+    def run():
+        from deepfusionnet.export import onnx as onx
+        from deepfusionnet.export.sidecar import set_metadata
+
+        graph, info = step()
+        exposure = job.source_artifact.exposure  # travels with the graph (metadata and sidecar)
+        set_metadata(
+            graph,
+            job.name,
+            job.spec.scale,
+            job.spec.multiple,
+            job.opts.precision,
+            exposure.to_json() if exposure is not None else None,
+            job.spec.task,
+        )
+        onx.check(graph, str(job.out))
+        return graph, info
+
+    return run
+
+
+def write_export(job: ExportJob, graph, info: dict, gate: dict, t0: float) -> ExportResult:
+    """Write the graph, lint it, check its parity and write its sidecar (once, last); on any failure or
+    interrupt neither file stays behind."""
+    import time
+
+    from deepfusionnet.export import onnx as onx
+    from deepfusionnet.export.sidecar import write_sidecar
+    from deepfusionnet.runtime.sidecar import sidecar_path
+
+    out, opts = job.out, job.opts
+    sidecar_path(out).unlink(missing_ok=True)  # a stale sidecar would describe another graph
+    try:
+        data = onx.save(graph, out)
+        sidecar = export_info(job, graph, data, info)
+        sidecar.conformance = dict(gate)
+        if opts.lint:
+            sidecar.conformance["polygraphy_lint"] = lint_gate(out, graph)
+        job.progress(
+            f"wrote {out} ({len(data) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s; passes "
+            f"{', '.join(opts.targets)} conformance"
+        )
+        result = ExportResult(out, sidecar_path(out))
+        if job.check_dir is not None:
+            result.parity = parity_step(job)
+            sidecar.parity = {"onnxruntime": result.parity.to_json()}
+        sidecar.extra["export_options"] = {k: (str(v) if isinstance(v, Path) else v)
+                                           for k, v in asdict(opts).items()}
+        sidecar.extra["export_seconds"] = round(time.perf_counter() - t0, 1)
+        write_sidecar(out, sidecar)
+        result.info = sidecar.to_dict()
+        return result
+    except BaseException:
+        out.unlink(missing_ok=True)  # half an export is worse than none
+        sidecar_path(out).unlink(missing_ok=True)
+        raise
 
 
 def conformance_gate(graph, targets: tuple[str, ...], out: Path) -> dict:
@@ -316,17 +443,22 @@ def lint_gate(out: Path, graph) -> str:
     return "pass"
 
 
-def export_info(name: str, spec, opts: ExportOptions, graph, data: bytes, source_artifact) -> dict:
-    """The sidecar's description of a written graph: model, IO, hashes, tools."""
+def export_info(job: ExportJob, graph, data: bytes, steps: dict):
+    """The sidecar of a written graph: model, IO, hashes, tools, then what the precision steps recorded."""
     from deepfusionnet.export import onnx as onx
     from deepfusionnet.export.sidecar import sha256_bytes, tool_versions
+    from deepfusionnet.runtime.sidecar import Sidecar, sidecar_path
     from deepfusionnet.train.weights import file_sha256
 
-    exposure = source_artifact.exposure
-    return {
-        "model": name,
+    opts, spec, artifact = job.opts, job.spec, job.source_artifact
+    exposure = artifact.exposure
+    # the user's file, also when load_source tagged a copy of it for the parity reference
+    weights = artifact.sidecar.extra.get("source_file", artifact.path)
+    doc = {
+        "model": job.name,
         "scale": spec.scale,
         "multiple": spec.multiple,
+        "task": spec.task,
         "precision": opts.precision,
         **({"exposure": asdict(exposure)} if exposure is not None else {}),
         "format": "onnx",
@@ -338,42 +470,33 @@ def export_info(name: str, spec, opts: ExportOptions, graph, data: bytes, source
         **onx.io_info(graph),
         "onnx_sha256": sha256_bytes(data),
         "onnx_bytes": len(data),
-        # the user's file, also when load_source tagged a copy of it for the parity reference
-        "source_weights": Path(source_artifact.sidecar.get("source_file", source_artifact.path)).name,
-        "source_weights_sha256": file_sha256(source_artifact.sidecar.get("source_file", source_artifact.path)),
+        "source_weights": Path(weights).name,
+        "source_weights_sha256": file_sha256(weights),
         "tools": tool_versions(),
+        **steps,
     }
+    return Sidecar.from_dict(doc, sidecar_path(job.out))
 
 
-def parity_step(
-    source,
-    weights: Path,
-    out: Path,
-    check_dir: Path,
-    opts: ExportOptions,
-    info: dict,
-    progress: Callable[[str], None],
-):
-    """Parity of the written graph against the PyTorch model on ``check_dir``; recorded in ``info``."""
+def parity_step(job: ExportJob):
+    """Parity of the written graph (read back through the runtime, from its ``dfn.*`` metadata) against
+    the PyTorch model on the job's check frames -> a ``ParityReport``."""
     from deepfusionnet.export.parity import parity_report
-    from deepfusionnet.export.sidecar import write_sidecar
     from deepfusionnet.runtime.artifacts import SHIPPED
 
-    write_sidecar(out, info)  # the check loads the graph through the runtime, which reads the sidecar
-    progress(f"parity vs PyTorch on {opts.check_images or 'all'} image(s) from {check_dir}")
-    ref = str(source) if str(source) in SHIPPED else str(weights)
-    report = parity_report(
+    opts = job.opts
+    job.progress(f"parity vs PyTorch on {opts.check_images or 'all'} image(s) from {job.check_dir}")
+    ref = str(job.source) if str(job.source) in SHIPPED else str(job.source_artifact.path)
+    return parity_report(
         ref,
-        str(out),
-        check_dir,
+        str(job.out),
+        job.check_dir,
         opts.precision,
         limit=opts.check_images,
         backend_ref="torch",
         backend="onnxruntime",
         threads=opts.threads,
     )
-    info["parity"] = {"onnxruntime": report.to_json()}
-    return report
 
 
 def export_shipped(

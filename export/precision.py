@@ -152,7 +152,7 @@ def fp16_from_onnx(proto, block_nodes: Iterable[str] = (), block_ops: Iterable[s
 def calibration_images(folder: str | Path, count: int, skip: Iterable[Path] = ()) -> list[Path]:
     """``count`` images spread evenly over ``folder`` (sorted, so the choice is reproducible), leaving
     out ``skip`` (frames already used, e.g. for calibration; may leave none)."""
-    from deepfusionnet.runtime.pairs import list_images
+    from deepfusionnet.runtime.measure.pairs import list_images
 
     folder = Path(folder)
     if not folder.is_dir():

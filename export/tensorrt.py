@@ -27,17 +27,17 @@ JSON sidecar ``X.engine.json``.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.artifacts import resolve, sidecar_path
+from deepfusionnet.runtime.artifacts import resolve
 from deepfusionnet.runtime.backends.tensorrt import get_logger, import_tensorrt, trt_major
 from deepfusionnet.runtime.images import atomic_write_bytes
 from deepfusionnet.runtime.artifacts import file_sha256 as sha256_file
+from deepfusionnet.runtime.sidecar import Sidecar, sidecar_path
 
 # Used for H/W when the graph is dynamic and the user gave no shape: VGA as the camera size, and the
 # enhancer's default tile (1024) as the maximum so any frame runs (tiled beyond it).
@@ -89,13 +89,9 @@ class BuildOptions:
 
 def hw_from_size(text: str) -> tuple[int, int]:
     """``"640x480"`` (width x height, as ``dfn export --size``) -> ``(480, 640)`` (H, W)."""
-    parts = str(text).lower().replace("*", "x").split("x")
-    try:
-        w, h = (int(p) for p in parts)
-    except ValueError:
-        raise DFNError(f"bad size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
-    if h < 1 or w < 1:
-        raise DFNError(f"bad size {text!r}: width and height must be positive")
+    from deepfusionnet.runtime.sizes import parse_size
+
+    w, h = parse_size(text)
     return h, w
 
 
@@ -112,7 +108,8 @@ def resolve_profile(name: str, graph_shape: tuple[int, ...], options: BuildOptio
     if all(d >= 0 for d in graph_shape):
         if options.shape and tuple(graph_shape[-2:]) != tuple(options.shape):
             raise DFNError(f"input {name!r} is fixed at {'x'.join(map(str, graph_shape))} in the ONNX graph; "
-                           f"--shape {_wh(options.shape)} cannot change it (export with --dynamic, or at that --size)")
+                           f"--shape {_wh(options.shape)} cannot change it (export with --dynamic, or at "
+                           "that --size)")
         if options.min_shape or options.opt_shape or options.max_shape:
             raise DFNError(f"input {name!r} is fixed at {'x'.join(map(str, graph_shape))} in the ONNX graph; "
                            "--min/--opt/--max need a graph exported with --dynamic")
@@ -126,12 +123,13 @@ def resolve_profile(name: str, graph_shape: tuple[int, ...], options: BuildOptio
     else:
         lo, opt, hi = options.min_shape, options.opt_shape, options.max_shape
         if opt is None:  # the default camera size, kept inside whatever bounds were given
-            opt = tuple(min(max(d, lo[k] if lo else 0), hi[k] if hi else d) for k, d in enumerate(DEFAULT_OPT))
+            opt = tuple(min(max(d, lo[k] if lo else 0), hi[k] if hi else d)
+                        for k, d in enumerate(DEFAULT_OPT))
         lo = lo or (min(DEFAULT_MIN[0], opt[0]), min(DEFAULT_MIN[1], opt[1]))
         hi = hi or (max(DEFAULT_MAX[0], opt[0]), max(DEFAULT_MAX[1], opt[1]))
     if not (lo[0] <= opt[0] <= hi[0] and lo[1] <= opt[1] <= hi[1]):
-        raise DFNError(f"shape profile must satisfy min <= opt <= max in width and height; got min {_wh(lo)}, "
-                       f"opt {_wh(opt)}, max {_wh(hi)}")
+        raise DFNError("shape profile must satisfy min <= opt <= max in width and height; got "
+                       f"min {_wh(lo)}, opt {_wh(opt)}, max {_wh(hi)}")
     for label, (h, w) in (("min", lo), ("opt", opt), ("max", hi)):
         if multiple > 1 and (h % multiple or w % multiple):
             raise DFNError(f"{label} size {w}x{h} is not a multiple of {multiple} (the model pads frames to "
@@ -186,7 +184,8 @@ def make_progress_monitor(trt: Any, report: Progress) -> Any:
 
         def step_complete(self, phase_name, step) -> bool:
             try:
-                report(phase_name, int(step) + 1, self.steps.get(phase_name, 0), self.depth.get(phase_name, 0))
+                report(phase_name, int(step) + 1, self.steps.get(phase_name, 0),
+                       self.depth.get(phase_name, 0))
             except KeyboardInterrupt:
                 self.cancelled = True
             return not self.cancelled
@@ -196,8 +195,6 @@ def make_progress_monitor(trt: Any, report: Progress) -> Any:
             self.steps.pop(phase_name, None)
 
     return ProgressMonitor()
-
-
 
 
 def _dtype_name(trt: Any, dtype: Any) -> str:
@@ -243,8 +240,8 @@ def _load_timing_cache(trt: Any, config: Any, path: Path | None) -> tuple[Any, s
     return cache, status
 
 
-def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options: BuildOptions | None = None, *,
-                     progress: Progress | None = None, trt: Any = None, cuda: Any = None) -> dict:
+def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options: BuildOptions | None = None,
+                     *, progress: Progress | None = None, trt: Any = None, cuda: Any = None) -> dict:
     """Build ``engine`` (default: ``onnx`` with suffix ``.engine``) from an exported ONNX graph.
 
     Writes the plan and its sidecar atomically and returns the sidecar dict (plus ``seconds``).
@@ -257,20 +254,80 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
     if artifact.kind != "onnx":
         raise DFNError(f"{artifact.path}: dfn build needs an ONNX graph (.onnx), not a {artifact.kind} file")
     onnx_path = artifact.path
-    engine_path = Path(engine) if engine else (Path.cwd() / f"{onnx_path.stem}.engine" if str(onnx) == artifact.model
-                                               else onnx_path.with_suffix(".engine"))
-    precision = artifact.precision
-    if options.fp16_flag:
-        if major >= 11:
-            raise DFNError(f"--fp16-flag needs TensorRT 10: TensorRT {trt.__version__} removed BuilderFlag.FP16; "
-                           "export an FP16 graph instead (dfn export --precision fp16) and build that")
-        if precision != "fp32":
-            raise DFNError(f"{onnx_path}: --fp16-flag applies to FP32 graphs; this graph is already {precision}")
-    if options.dla_core is not None and options.dla_core < 0:
-        raise DFNError(f"--dla-core must be 0 or more, got {options.dla_core}")
+    if engine:
+        engine_path = Path(engine)
+    else:  # a shipped model's engine goes to the working folder, not into the package
+        engine_path = (Path.cwd() / f"{onnx_path.stem}.engine" if str(onnx) == artifact.model
+                       else onnx_path.with_suffix(".engine"))
+    _check_options(trt, major, options, onnx_path, artifact.precision)
 
     logger = get_logger(trt)
     logger.clear()
+    builder = _create_builder(trt, logger)
+    _check_dla_cores(builder, options)  # before the shape checks: "no DLA here" is the more basic answer
+    strongly_typed = not options.fp16_flag
+    network, parser = _parse_network(trt, builder, logger, onnx_path, strongly_typed)
+    config = builder.create_builder_config()
+    if options.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
+    inputs, profiles = _add_profile(trt, builder, network, config, options, artifact.multiple)
+    outputs = _tensors(trt, network, network.num_outputs, network.get_output)
+    _set_flags(trt, config, options)
+    cache_path = Path(options.timing_cache) if options.timing_cache else None
+    _, cache_status = _load_timing_cache(trt, config, cache_path)
+
+    data, seconds = _build(trt, builder, network, config, logger, onnx_path, progress)
+    del parser  # it owns the parsed weights: kept alive until the build is done
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(engine_path, data)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+        if cache_status == "none":
+            cache_status = "created"
+
+    sidecar = Sidecar.from_dict({
+        "format": SIDECAR_FORMAT,
+        "model": artifact.model,
+        "scale": artifact.scale,
+        "multiple": artifact.multiple,
+        "task": artifact.task,
+        **({"exposure": asdict(artifact.exposure)} if artifact.exposure is not None else {}),
+        "precision": "fp16" if options.fp16_flag else artifact.precision,
+        "tensorrt": str(trt.__version__),
+        "gpu": _device_info(cuda),
+        "strongly_typed": strongly_typed,
+        "inputs": inputs,
+        "outputs": outputs,
+        "profile": profiles,
+        "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": artifact.precision},
+        "build": {**asdict(options), "cli_args": options.cli_args(), "timing_cache_status": cache_status},
+        "engine_bytes": len(data),
+        # lets dfn info/enhance spot a corrupt or swapped plan
+        "engine_sha256": hashlib.sha256(data).hexdigest(),
+        "build_seconds": round(seconds, 3),
+    }, sidecar_path(engine_path))
+    atomic_write_bytes(sidecar_path(engine_path), sidecar.to_json())
+    return {**sidecar.to_dict(), "engine": str(engine_path), "sidecar": str(sidecar_path(engine_path))}
+
+
+def _check_options(trt: Any, major: int, options: BuildOptions, onnx_path: Path, precision: str) -> None:
+    """Refuse options this TensorRT (major version ``major``) or this graph cannot take, before creating a
+    builder."""
+    if options.fp16_flag:
+        if major >= 11:
+            raise DFNError(f"--fp16-flag needs TensorRT 10: TensorRT {trt.__version__} removed "
+                           "BuilderFlag.FP16; export an FP16 graph instead (dfn export --precision fp16) and "
+                           "build that")
+        if precision != "fp32":
+            raise DFNError(f"{onnx_path}: --fp16-flag applies to FP32 graphs; this graph is already "
+                           f"{precision}")
+    if options.dla_core is not None and options.dla_core < 0:
+        raise DFNError(f"--dla-core must be 0 or more, got {options.dla_core}")
+
+
+def _create_builder(trt: Any, logger: Any) -> Any:
+    """``trt.Builder(logger)``, or a one-line error when CUDA cannot initialise."""
     try:
         builder = trt.Builder(logger)
     except Exception as exc:  # pybind11 raises TypeError when CUDA cannot initialise
@@ -280,10 +337,12 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
     if builder is None:
         raise DFNError(f"TensorRT could not create a builder ({logger.last_error() or 'no usable GPU'}); "
                        "check the NVIDIA driver and that a GPU is visible")
+    return builder
 
-    _check_dla_cores(builder, options)  # before the shape checks: "no DLA here" is the more basic answer
 
-    strongly_typed = not options.fp16_flag
+def _parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool
+                   ) -> tuple[Any, Any]:
+    """``(network, parser)`` of the ONNX file; the parser owns the weights, so keep it until the build."""
     flags = 0
     if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         # Required on 10.x; accepted (always on) on 11.x.
@@ -295,18 +354,25 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
         errors = [str(parser.get_error(i)).strip().splitlines()[0] for i in range(parser.num_errors)]
         why = errors[0] if errors else (logger.last_error() or "unknown parser error")
         raise DFNError(f"{onnx_path}: TensorRT {trt.__version__} could not parse the ONNX graph: {why[:300]}")
+    return network, parser
 
-    config = builder.create_builder_config()
-    if options.workspace_mb:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
 
+def _tensors(trt: Any, network: Any, count: int, get: Callable[[int], Any]) -> list[dict]:
+    """The sidecar's ``[{"name", "shape", "dtype"}]`` of ``count`` network inputs or outputs."""
+    return [{"name": t.name, "shape": [int(d) for d in t.shape], "dtype": _dtype_name(trt, t.dtype)}
+            for t in (get(i) for i in range(count))]
+
+
+def _add_profile(trt: Any, builder: Any, network: Any, config: Any, options: BuildOptions, multiple: int
+                 ) -> tuple[list[dict], dict]:
+    """One optimization profile over the dynamic inputs -> (the inputs, each input's min/opt/max)."""
     inputs, profiles = [], {}
     profile = None
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         shape = tuple(int(d) for d in tensor.shape)
         inputs.append({"name": tensor.name, "shape": list(shape), "dtype": _dtype_name(trt, tensor.dtype)})
-        prof = resolve_profile(tensor.name, shape, options, artifact.multiple)
+        prof = resolve_profile(tensor.name, shape, options, multiple)
         check_dla_profile(tensor.name, prof, options)
         if prof is not None:
             if profile is None:
@@ -317,12 +383,11 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
             profiles[tensor.name] = {"min": list(shape), "opt": list(shape), "max": list(shape)}
     if profile is not None:
         config.add_optimization_profile(profile)
-    outputs = []
-    for i in range(network.num_outputs):
-        tensor = network.get_output(i)
-        outputs.append({"name": tensor.name, "shape": [int(d) for d in tensor.shape],
-                        "dtype": _dtype_name(trt, tensor.dtype)})
+    return inputs, profiles
 
+
+def _set_flags(trt: Any, config: Any, options: BuildOptions) -> None:
+    """``BuilderFlag.FP16`` (TensorRT 10, weakly typed) and the DLA settings."""
     if options.fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
     if options.dla_core is not None:
@@ -331,8 +396,10 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
         if options.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
-    cache_path = Path(options.timing_cache) if options.timing_cache else None
-    _, cache_status = _load_timing_cache(trt, config, cache_path)
+
+def _build(trt: Any, builder: Any, network: Any, config: Any, logger: Any, onnx_path: Path,
+           progress: Progress | None) -> tuple[bytes, float]:
+    """``build_serialized_network`` with the progress monitor -> (the plan's bytes, seconds)."""
     monitor = None
     if progress is not None and hasattr(trt, "IProgressMonitor"):
         monitor = make_progress_monitor(trt, progress)
@@ -344,37 +411,9 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
     if monitor is not None and monitor.cancelled:
         raise KeyboardInterrupt
     if plan is None:
-        raise DFNError(f"{onnx_path}: TensorRT engine build failed ({logger.last_error() or 'see DFN_TRT_LOG=1'})")
+        why = logger.last_error() or "see DFN_TRT_LOG=1"
+        raise DFNError(f"{onnx_path}: TensorRT engine build failed ({why})")
     data = bytes(plan)
     if not data:
         raise DFNError(f"{onnx_path}: TensorRT returned an empty engine")
-
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(engine_path, data)
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-        if cache_status == "none":
-            cache_status = "created"
-
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "model": artifact.model,
-        "scale": artifact.scale,
-        "multiple": artifact.multiple,
-        **({"exposure": asdict(artifact.exposure)} if artifact.exposure is not None else {}),
-        "precision": "fp16" if options.fp16_flag else precision,
-        "tensorrt": str(trt.__version__),
-        "gpu": _device_info(cuda),
-        "strongly_typed": strongly_typed,
-        "inputs": inputs,
-        "outputs": outputs,
-        "profile": profiles,
-        "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path), "precision": precision},
-        "build": {**asdict(options), "cli_args": options.cli_args(), "timing_cache_status": cache_status},
-        "engine_bytes": len(data),
-        "engine_sha256": hashlib.sha256(data).hexdigest(),  # lets dfn info/enhance spot a corrupt or swapped plan
-        "build_seconds": round(seconds, 3),
-    }
-    atomic_write_bytes(sidecar_path(engine_path), (json.dumps(sidecar, indent=2) + "\n").encode())
-    return {**sidecar, "engine": str(engine_path), "sidecar": str(sidecar_path(engine_path))}
+    return data, seconds

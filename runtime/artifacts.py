@@ -13,19 +13,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepfusionnet.errors import DFNError
+from deepfusionnet.runtime.backends.base import kind_by_suffix
 from deepfusionnet.runtime.images import file_problem
 from deepfusionnet.runtime.exposure import Exposure, parse_exposure
+from deepfusionnet.runtime.tasks import TASKS, default_task  # noqa: F401  (TASKS re-exported)
+from deepfusionnet.runtime.sidecar import Sidecar, sidecar_path  # noqa: F401  (sidecar_path: re-exported)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-# Shipped models: name -> (scale, multiple, description)
-SHIPPED: dict[str, tuple[int, int, str]] = {
-    "deepfusionnet": (1, 8, "DeepFusionNet low-light enhancer (2.6M params)"),
-    "deepfusionnet-sr": (2, 8, "DeepFusionNet 2x super-resolution (110K params)"),
-}
 
-KIND_BY_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".engine": "engine", ".plan": "engine", ".trt": "engine",
-                  ".safetensors": "weights", ".pt": "weights", ".pth": "weights"}
+
+def _safetensors_header(path: Path) -> dict:
+    """The ``__metadata__`` of a safetensors file, read from its JSON header (no safetensors import)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 1 << 24:
+                return {}
+            return dict(json.loads(f.read(size)).get("__metadata__") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _shipped_models() -> dict[str, tuple[int, int, str]]:
+    """The core models, plus every other weights file in the package that names itself, its scale and its
+    multiple in its metadata (the seed methods' weights): adding one is adding its file."""
+    shipped = {
+        "deepfusionnet": (1, 8, "DeepFusionNet low-light enhancer (2.6M params)"),
+        "deepfusionnet-sr": (2, 8, "DeepFusionNet 2x super-resolution (110K params)"),
+    }
+    for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
+        meta = _safetensors_header(path)
+        if path.stem in shipped or meta.get("model") != path.stem:
+            continue
+        try:
+            described = meta.get("description", path.stem)
+            shipped[path.stem] = (int(meta["scale"]), int(meta["multiple"]), described)
+        except (KeyError, ValueError):
+            continue
+    return shipped
+
+
+# Shipped models: name -> (scale, multiple, description)
+SHIPPED: dict[str, tuple[int, int, str]] = _shipped_models()
 
 
 @dataclass(frozen=True)
@@ -36,8 +66,13 @@ class Artifact:
     scale: int = 1
     multiple: int = 8
     precision: str = "fp32"
-    sidecar: dict = field(default_factory=dict, compare=False, repr=False)
+    sidecar: Sidecar = field(default_factory=Sidecar, compare=False, repr=False)
     exposure: Exposure | None = None  # applied to the whole output by the Enhancer
+    task: str = "enhance"  # one of TASKS
+
+    def __post_init__(self) -> None:
+        if self.scale != 1 and self.task == "enhance":
+            object.__setattr__(self, "task", default_task(self.scale))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -49,100 +84,22 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sidecar_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".json")
+def read_sidecar(path: str | Path) -> Sidecar:
+    """The JSON sidecar beside ``path`` (an empty :class:`~deepfusionnet.runtime.sidecar.Sidecar` when
+    there is none), checked field by field."""
+    return Sidecar.read(path)
 
 
-def read_sidecar(path: str | Path) -> dict:
-    """The JSON sidecar beside ``path`` (``{}`` when there is none), checked against
-    :data:`SIDECAR_SCHEMA`."""
-    sc = sidecar_path(path)
-    if not sc.is_file():
-        return {}
-    try:
-        doc = json.loads(sc.read_text())
-    except (OSError, ValueError) as exc:
-        raise DFNError(f"{sc}: unreadable sidecar, not valid JSON ({exc})") from None
-    return checked_metadata(doc, sc)
+def checked_metadata(doc, where: str | Path) -> Sidecar:
+    """``doc`` (a sidecar, or the ``dfn.*`` metadata of an ONNX or safetensors file) checked as a
+    :class:`~deepfusionnet.runtime.sidecar.Sidecar`; a damaged or hostile one is a one-line error naming
+    ``where`` and the field."""
+    return Sidecar.from_dict(doc, where)
 
 
-def _integer(lo: int, hi: int | None = None):
-    """A field check: an integer (or its decimal text, as ONNX metadata stores it) from ``lo`` to ``hi``."""
-    expected = f"an integer from {lo} to {hi}" if hi is not None else f"an integer of at least {lo}"
-
-    def check(value):
-        if isinstance(value, bool):
-            raise ValueError(expected)
-        try:
-            number = int(value) if isinstance(value, (int, str)) else value
-        except ValueError:
-            raise ValueError(expected) from None
-        if isinstance(number, float) and number.is_integer():
-            number = int(number)
-        if not isinstance(number, int) or number < lo or (hi is not None and number > hi):
-            raise ValueError(expected)
-        return number
-
-    return check
-
-
-def _of_type(*types: type, expected: str):
-    def check(value):
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise ValueError(expected)
-        return value
-
-    return check
-
-
-def _tensor_list(value):
-    ok = isinstance(value, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
-                                         and isinstance(t.get("shape"), list) for t in value)
-    if not ok:
-        raise ValueError('a list of {"name": ..., "shape": [...], "dtype": ...}')
-    return value
-
-
-# The fields the runtime acts on, each with its check (returning the value to use). Unknown fields are
-# kept as they are: a sidecar also carries provenance nobody reads back.
-SIDECAR_SCHEMA = {
-    "model": _of_type(str, expected="a model name (text)"),
-    "precision": _of_type(str, expected="a precision name such as fp32 (text)"),
-    "scale": _integer(1, 16),
-    "multiple": _integer(1, 4096),
-    "params": _integer(0),
-    "engine_bytes": _integer(0),
-    "engine_sha256": _of_type(str, expected="a sha256 in hex"),
-    "tensorrt": _of_type(str, expected="a TensorRT version (text)"),
-    "exposure": _of_type(dict, str, expected="an exposure calibration {slope, centre, offset}"),
-    "parity": _of_type(dict, list, expected="parity results (an object or a list)"),
-    "gpu": _of_type(dict, expected="an object"),
-    "onnx": _of_type(dict, expected="an object"),
-    "build": _of_type(dict, expected="an object"),
-    "inputs": _tensor_list,
-    "outputs": _tensor_list,
-}
-
-
-def checked_metadata(doc, where: str | Path) -> dict:
-    """``doc`` (a sidecar, or the ``dfn.*`` metadata of an ONNX or safetensors file) checked against
-    :data:`SIDECAR_SCHEMA`; a damaged or hostile one is a one-line error naming ``where`` and the field."""
-    if not isinstance(doc, dict):
-        raise DFNError(f"{where}: not a model sidecar: expected a JSON object such as "
-                       f'{{"model": "deepfusionnet", "scale": 1, "multiple": 8}}, found {type(doc).__name__}')
-    out = dict(doc)
-    for key, check in SIDECAR_SCHEMA.items():
-        if out.get(key) is None:
-            out.pop(key, None)  # null counts as absent
-            continue
-        try:
-            out[key] = check(out[key])
-        except ValueError as exc:
-            shown = repr(out[key])
-            shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            raise DFNError(f"{where}: \"{key}\" is {shown}; expected {exc}") from None
-    return out
+def _overlaid(base: Sidecar, top: Sidecar, where: str | Path) -> Sidecar:
+    """``base`` with every field ``top`` records put over it (a sidecar over a file's own metadata)."""
+    return Sidecar.from_dict({**base.to_dict(), **top.to_dict()}, where)
 
 
 def shipped_path(name: str, kind: str) -> Path:
@@ -182,14 +139,16 @@ def resolve(model: str | Path, kind: str | None = None) -> Artifact:
     text = str(model)
     if text in SHIPPED:
         scale, multiple, _ = SHIPPED[text]
-        kind = kind or "onnx"
+        if kind is None:  # the graph; a model shipped as weights alone (the seed methods) runs from those
+            kind = "onnx" if shipped_path(text, "onnx").is_file() or not shipped_path(text, "weights").is_file() \
+                else "weights"
         path = shipped_path(text, kind)
         if not path.is_file():
             raise DFNError(f"shipped model {text!r} has no {kind} file at {path}; reinstall deepfusionnet")
         meta = (read_sidecar(path) if kind != "weights"
                 else checked_metadata(_safetensors_metadata(path), path))
         return Artifact(path, kind, text, scale, multiple, "fp32", meta,
-                        parse_exposure(meta.get("exposure"), str(path)))
+                        parse_exposure(meta.exposure, str(path)), meta.task or default_task(scale))
     path = Path(text)
     if path.is_dir():
         raise DFNError(f"{path}: is a folder; name a model file (.onnx, .engine, .safetensors) or a shipped model")
@@ -199,18 +158,20 @@ def resolve(model: str | Path, kind: str | None = None) -> Artifact:
         raise DFNError(f"{path}: no such file, and not a shipped model name ({known})")
     if problem:  # a FIFO would block the engine's open; a link loop is not "no such file"
         raise DFNError(f"{path}: {problem}")
-    akind = KIND_BY_SUFFIX.get(path.suffix.lower())
+    akind = kind_by_suffix().get(path.suffix.lower())  # each backend's entry names its suffixes
     if akind is None:
         raise DFNError(f"{path}: unknown model file type {path.suffix!r} (expected .onnx, .xml, .engine, .safetensors)")
     meta = read_sidecar(path)
-    if akind == "onnx" and not meta:
+    if akind == "onnx" and meta.empty:
         props = _onnx_metadata(path)
         meta = checked_metadata({k.removeprefix("dfn."): v for k, v in props.items() if k.startswith("dfn.")},
                                 f"{path} (its dfn.* metadata)")
     if akind == "weights" and path.suffix == ".safetensors":
-        meta = {**checked_metadata(_safetensors_metadata(path), f"{path} (its metadata)"), **meta}
-    name = str(meta.get("model", "deepfusionnet"))
-    scale = int(meta.get("scale", SHIPPED.get(name, (1, 8, ""))[0]))
-    multiple = int(meta.get("multiple", SHIPPED.get(name, (1, 8, ""))[1]))
-    return Artifact(path, akind, name, scale, multiple, str(meta.get("precision", "fp32")), meta,
-                    parse_exposure(meta.get("exposure"), str(path)))
+        meta = _overlaid(checked_metadata(_safetensors_metadata(path), f"{path} (its metadata)"), meta,
+                         sidecar_path(path))
+    name = meta.model if meta.model is not None else "deepfusionnet"
+    scale = meta.scale or SHIPPED.get(name, (1, 8, ""))[0]
+    multiple = meta.multiple or SHIPPED.get(name, (1, 8, ""))[1]
+    precision = meta.precision if meta.precision is not None else "fp32"
+    return Artifact(path, akind, name, scale, multiple, precision, meta,
+                    parse_exposure(meta.exposure, str(path)), meta.task or default_task(scale))

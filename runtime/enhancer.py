@@ -10,8 +10,9 @@ import numpy as np
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.artifacts import Artifact, resolve
-from deepfusionnet.runtime.backends.base import Backend, load_backend
+from deepfusionnet.runtime.backends.base import Backend, default_backend, load_backend, shipped_kind
 from deepfusionnet.runtime.processing import require_finite, run_tiled, to_image, to_tensor
+from deepfusionnet.runtime.gate import ExposureGate
 
 # Frames above this many pixels on a side run in tiles (bounded memory on 4-8 GB Jetsons).
 DEFAULT_TILE = 1024
@@ -99,6 +100,7 @@ class Enhancer:
     tile: int = DEFAULT_TILE
     overlap: int = 32
     tta: int = 1  # 1, 4 (flips) or 8 (flips and transposes): average of the outputs, tta x the work
+    gate: ExposureGate | None = None  # keeps the input where it is already well exposed (runtime.gate)
 
     def __post_init__(self) -> None:
         check_tta(self.tta)
@@ -107,11 +109,17 @@ class Enhancer:
     def scale(self) -> int:
         return self.artifact.scale
 
+    @property
+    def task(self) -> str:
+        return self.artifact.task
+
     def run_tensor(self, x: np.ndarray) -> np.ndarray:
         """float32 NCHW in [0, 1] (any H, W) -> float32 NCHW, ``scale`` x larger, exposure-calibrated
-        over the whole frame when the model carries a calibration."""
+        over the whole frame when the model carries a calibration, then gated by the input's exposure."""
         y = self.run_network(x) if self.tta == 1 else self_ensemble(self.run_network, x, self.tta)
-        return self.artifact.exposure.apply(y) if self.artifact.exposure is not None else y
+        if self.artifact.exposure is not None:
+            y = self.artifact.exposure.apply(y)
+        return self.gate.apply(x, y) if self.gate is not None else y
 
     def run_network(self, x: np.ndarray) -> np.ndarray:
         """:meth:`run_tensor` without the exposure calibration: the network's output, tiled as needed."""
@@ -132,22 +140,21 @@ class Enhancer:
 
 def backend_for(artifact: Artifact, backend: str) -> str:
     """The default backend for an artifact kind when the user said nothing more specific."""
-    if backend != "default":
-        return backend
-    return {"engine": "tensorrt", "weights": "torch", "openvino": "openvino"}.get(artifact.kind, "onnxruntime")
+    return backend if backend != "default" else default_backend(artifact.kind)
 
 
 def open_enhancer(model: str, backend: str = "default", tile: int = DEFAULT_TILE, overlap: int = 32,
-                  tta: int = 1, **options) -> Enhancer:
+                  tta: int = 1, gate: bool = True, **options) -> Enhancer:
     """Resolve ``model`` (shipped name or file), load it on ``backend`` and wrap it in an :class:`Enhancer`
-    (``tta`` > 1: a geometric self-ensemble of that many passes, see :func:`self_ensemble`)."""
-    kind = "weights" if backend == "torch" else None
-    artifact = resolve(model, kind)
+    (``tta`` > 1: a geometric self-ensemble of that many passes, see :func:`self_ensemble`; ``gate``: the
+    exposure gate for enhancement models, :mod:`deepfusionnet.runtime.gate`)."""
+    artifact = resolve(model, shipped_kind(backend))
     name = backend_for(artifact, backend)
     be = load_backend(name, artifact.path, **options)
     try:
         check_image_io(be, artifact.path)
-        return Enhancer(be, artifact, tile, overlap, tta)
+        keep_bright = ExposureGate() if gate and artifact.task == "enhance" else None
+        return Enhancer(be, artifact, tile, overlap, tta, keep_bright)
     except BaseException:
         be.close()
         raise
@@ -195,6 +202,11 @@ class Chain:
         if self.sr is None or self.fast:
             return self.enhancer.scale
         return self.enhancer.scale * self.sr.scale
+
+    @property
+    def task(self) -> str:
+        """An enhancer followed by an upscaler enhances and upscales; --fast gives the input size back."""
+        return self.enhancer.task if self.sr is None or self.fast else "enhance-sr"
 
     @property
     def stages(self) -> list[Enhancer]:

@@ -1,8 +1,11 @@
-"""Shared fixtures: real data locations and the central skip of GPU tests."""
+"""Shared fixtures: real data locations, the ONNX models the enhance tests run, and the central skip of
+GPU tests. Shared plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,4 +101,64 @@ def keep_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ONNX models the enhance, pipeline and no-torch tests run
+
+
+def _export_shipped(name: str, folder: Path) -> Path:
+    torch = pytest.importorskip("torch", reason="no shipped ONNX and no torch to export one")
+    from deepfusionnet.runtime.artifacts import SHIPPED, resolve
+    from deepfusionnet.train.weights import load_model
+
+    model, _ = load_model(resolve(name, "weights").path)
+    model.eval()
+    path = folder / f"{name}.onnx"
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.rand(1, 3, 64, 64), str(path), opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {2: "height", 3: "width"},
+                                        "output": {2: "out_height", 3: "out_width"}})
+    scale, multiple, _ = SHIPPED[name]
+    path.with_name(path.name + ".json").write_text(json.dumps({"model": name, "scale": scale,
+                                                               "multiple": multiple}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """{name: .onnx path} of the shipped models: ``resolve(name)`` when the shipped ONNX exists, else a
+    session-wide export of the shipped weights."""
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.artifacts import resolve
+
+    folder = tmp_path_factory.getbasetemp() / "dfn-onnx"
+    folder.mkdir(exist_ok=True)
+    out = {}
+    for name in ("deepfusionnet", "deepfusionnet-sr"):
+        try:
+            out[name] = resolve(name).path
+        except DFNError:
+            path = folder / f"{name}.onnx"
+            out[name] = path if path.is_file() else _export_shipped(name, folder)
+    return out
+
+
+TINY_NAMES = ["100.png", "101.png", "102.png", "103.png", "104.png", "105.png"]
+
+
+@pytest.fixture(scope="session")
+def tiny(lol_train, tmp_path_factory) -> Path:
+    """Six real LOL training pairs shrunk to 64x48 (TINY_NAMES): training runs of seconds."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("pairs")
+    for sub in ("low", "high"):
+        (root / sub).mkdir()
+        for n in TINY_NAMES:
+            img = cv2.imread(str(lol_train / sub / n))
+            cv2.imwrite(str(root / sub / n), cv2.resize(img, (64, 48), interpolation=cv2.INTER_AREA))
+    return root
 

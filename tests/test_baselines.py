@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.baselines import BASELINES, _cg_wls, get_baseline, is_baseline
+from deepfusionnet.runtime.measure.baselines import BASELINES, _cg_wls, get_baseline, is_baseline
 from deepfusionnet.runtime.images import read_image
 from deepfusionnet.runtime.metrics import psnr, ssim
 

@@ -14,41 +14,15 @@ import numpy as np
 import pytest
 
 from deepfusionnet.cli import main
-from deepfusionnet.runtime import auto, bench
-from deepfusionnet.runtime.backends.base import load_backend
-from deepfusionnet.runtime.machine import machine_info
+from deepfusionnet.runtime.measure import auto, bench, frames, plan, plot, report, runner, scoring
+from deepfusionnet.runtime.measure.machine import machine_info
+from helpers import tiny_onnx
 
 onnx = pytest.importorskip("onnx")
 HAS_OV = importlib.util.find_spec("openvino") is not None
 ROW_KEYS = {"model", "backend", "precision", "size", "status", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "fps",
             "infer_p50_ms", "decode_ms", "pre_ms", "post_ms", "load_s", "first_run_ms", "mem_mb", "peak_rss_mb",
             "speedup_vs_torch", "psnr_eval15", "psnr_delta_db", "picked", "runs"}
-
-
-def tiny_onnx(path: Path, scale: int = 1, model: str = "deepfusionnet", seed: int = 0) -> Path:
-    """A dynamic-H/W graph: [Resize x2 ->] Conv3x3(3->3) -> Sigmoid, with dfn.* metadata."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array((rng.standard_normal((3, 3, 3, 3)) * 0.2).astype(np.float32), "w")
-    b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
-    nodes, inits, src = [], [w, b], "input"
-    if scale == 2:
-        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
-        nodes.append(helper.make_node("Resize", ["input", "", "scales"], ["up"], mode="linear",
-                                      coordinate_transformation_mode="half_pixel"))
-        src = "up"
-    nodes += [helper.make_node("Conv", [src, "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-              helper.make_node("Sigmoid", ["c"], ["output"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, "oh", "ow"])], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    for k, v in {"dfn.model": model, "dfn.scale": str(scale), "dfn.multiple": "8", "dfn.precision": "fp32"}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(proto, path)
-    return path
 
 
 @pytest.fixture()
@@ -112,45 +86,45 @@ def test_bench_auto_reports_pick(tiny_dir, capsys):
 
 def test_pipelines_scale(tiny_dir):
     """Chain doubles the size; half:+SR returns the input size; unsupported rows keep a reason."""
-    frame = bench.synthetic_frame((64, 48))
+    frame = frames.synthetic_frame((64, 48))
     for spec, expect in (("deepfusionnet+deepfusionnet-sr", (96, 128, 3)), ("half:deepfusionnet+deepfusionnet-sr", (48, 64, 3)),
                          ("deepfusionnet-sr", (96, 128, 3))):
-        runner, _ = bench.open_runner(bench.parse_model_spec(spec), "onnxruntime", "fp32", (64, 48), tiny_dir)
+        row, _ = runner.open_runner(plan.parse_model_spec(spec), "onnxruntime", "fp32", (64, 48), tiny_dir)
         times: dict = {}
-        assert runner.run(frame, times).shape == expect
+        assert row.run(frame, times).shape == expect
         assert set(times) >= {"pre", "infer", "post"}
-        runner.close()
-    with pytest.raises(bench.Unsupported, match="dfn export"):
-        bench.plan_stage("deepfusionnet", "onnxruntime", "int8", tiny_dir)
+        row.close()
+    with pytest.raises(plan.Unsupported, match="dfn export"):
+        plan.plan_stage("deepfusionnet", "onnxruntime", "int8", tiny_dir)
 
 
 def test_quality_and_plot(tiny_dir, lol_eval15, tmp_path):
-    from deepfusionnet.runtime.pairs import find_pairs
+    from deepfusionnet.runtime.measure.pairs import find_pairs
 
     pairs = find_pairs(lol_eval15)[:1]
     res = bench.bench(["deepfusionnet"], ["onnxruntime"], ["fp32"], [(64, 64)], runs=1, artifacts=tiny_dir,
                       quality_pairs=pairs)
     (row,) = res["rows"]
     assert 3 < row["psnr_eval15"] < 60 and row["psnr_delta_db"] == 0.0 and row["quality_images"] == 1
-    png = bench.plot_frontier(res, tmp_path / "f.png")
+    png = plot.plot_frontier(res, tmp_path / "f.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "| deepfusionnet | 64x64 | onnxruntime | fp32 |" in bench.markdown_table(res)
+    assert "| deepfusionnet | 64x64 | onnxruntime | fp32 |" in report.markdown_table(res)
 
 
 def test_sr_quality_scores_the_inputs_dfn_eval_scores(lol_eval15, tmp_path, capsys):
     """The SR model is scored on degraded ground truth; the matrix and dfn eval must degrade alike."""
-    from deepfusionnet.runtime.pairs import find_pairs
+    from deepfusionnet.runtime.measure.pairs import find_pairs
 
     pairs = find_pairs(lol_eval15)[:2]
     for sub, i in (("low", 0), ("high", 1)):
         (tmp_path / sub).mkdir()
         for p in pairs:
             (tmp_path / sub / p[i].name).write_bytes(p[i].read_bytes())
-    runner, _ = bench.open_runner(bench.parse_model_spec("deepfusionnet-sr"), "onnxruntime", "fp32", None)
+    row, _ = runner.open_runner(plan.parse_model_spec("deepfusionnet-sr"), "onnxruntime", "fp32", None)
     try:
-        q = bench.quality(runner, pairs)
+        q = scoring.quality(row, pairs)
     finally:
-        runner.close()
+        row.close()
     assert main(["eval", "deepfusionnet-sr", "--data", str(tmp_path), "--backend", "onnxruntime", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert q["images"] == ev["images"] == 2
@@ -242,10 +216,31 @@ def test_bf16_training_ab_tables_the_two_runs_epoch_by_epoch(tmp_path):
 
 
 def test_bf16_training_ab_refuses_where_bf16_is_emulated(monkeypatch, capsys, tmp_path):
-    from deepfusionnet.runtime import machine
+    from deepfusionnet.runtime.measure import machine
 
     ab = _bf16_ab()
     monkeypatch.setattr(machine, "has_native_bf16", lambda: False)
     monkeypatch.setattr("sys.argv", ["bf16_training.py", "--runs", str(tmp_path / "runs")])
     assert ab.main() == 1
     assert "no bf16 hardware" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_rows_report_energy_per_frame_on_a_jetson_and_say_not_a_jetson_elsewhere(tiny_dir, tmp_path, monkeypatch):
+    from helpers import ORIN_NANO
+
+    res = bench.bench(["deepfusionnet"], ["onnxruntime"], ["fp32"], [(64, 64)], runs=2, artifacts=tiny_dir)
+    (row,) = res["rows"]
+    assert row["detail"]["energy_mj_per_frame"] == "not a Jetson"
+    assert res["machine"]["jetson_facts"]["power_mode"] == "not a Jetson"
+    # A stand-in tegrastats on PATH (the line an Orin Nano prints): the row gains power and mJ per frame.
+    fake = tmp_path / "bin" / "tegrastats"
+    fake.parent.mkdir()
+    fake.write_text("#!%s\nimport time\nwhile True:\n    print(%r, flush=True)\n    time.sleep(0.05)\n"
+                    % (__import__("sys").executable, ORIN_NANO))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{__import__('os').environ['PATH']}")
+    res = bench.bench(["deepfusionnet"], ["onnxruntime"], ["fp32"], [(64, 64)], runs=2, artifacts=tiny_dir)
+    (row,) = res["rows"]
+    d = row["detail"]
+    assert d["power_rail"] == "VDD_IN" and d["power_mw"] == pytest.approx(7432.0)
+    assert d["energy_mj_per_frame"] > 0

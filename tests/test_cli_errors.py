@@ -56,7 +56,7 @@ def make_corpus(d: Path) -> None:
     (d / "trunc.jpg").write_bytes((d / "noise.jpg").read_bytes()[:600])
     (d / "empty.png").write_bytes(b"")
     (d / "notes.png").write_text("not a picture\n")
-    from test_images import huge_png
+    from helpers import huge_png
 
     (d / "bomb.png").write_bytes(huge_png())
     _identity(d / "identity.onnx")

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 from deepfusionnet.cli import main
-from test_enhance_models import REPO, models, small_night  # noqa: F401  (models is a fixture)
-from test_sources import write_video
+from helpers import REPO, read_video, small_night, write_video  # noqa: F401
 
 
 @pytest.fixture(scope="session")
-def model_args(models) -> list[str]:  # noqa: F811
+def model_args(models) -> list[str]:
     return ["--model", str(models["deepfusionnet"]), "--sr-model", str(models["deepfusionnet-sr"]),
             "--backend", "onnxruntime"]
 
@@ -60,19 +59,6 @@ def mean(path: Path) -> float:
 
 def shape(path: Path) -> tuple[int, ...]:
     return cv2.imread(str(path)).shape
-
-
-def read_video(path: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    cap.release()
-    return frames, fps
 
 
 def hidden_files(folder: Path) -> list[Path]:
@@ -157,7 +143,7 @@ def test_simulated_live_camera_drops_stale_frames(tmp_path, samples, model_args,
     assert len(got) == summary["frames"] and got[0].shape == (120, 160, 3) and np.mean(got) > img.mean() + 20
 
 
-def test_tiled_matches_untiled_on_a_real_image(lol_eval15, models):  # noqa: F811
+def test_tiled_matches_untiled_on_a_real_image(lol_eval15, models):
     from deepfusionnet.runtime.enhancer import open_enhancer
     from deepfusionnet.runtime.metrics import psnr
 
@@ -180,7 +166,7 @@ def test_tiled_matches_untiled_on_a_real_image(lol_eval15, models):  # noqa: F81
     assert np.median(shifts) < 8, shifts
 
 
-def test_tile_flag_reaches_the_enhancer(tmp_path, samples, model_args, models, capsys):  # noqa: F811
+def test_tile_flag_reaches_the_enhancer(tmp_path, samples, model_args, models, capsys):
     from deepfusionnet.runtime.enhancer import open_enhancer
     from deepfusionnet.runtime.images import read_image
 
@@ -244,7 +230,7 @@ def test_several_folders_keep_their_names(tmp_path, night_dir, samples, model_ar
 
 
 def test_default_backend_asks_auto_with_the_frame_size(tmp_path, samples, models, monkeypatch, capsys):  # noqa: F811
-    from deepfusionnet.runtime import auto
+    from deepfusionnet.runtime.measure import auto
 
     calls = []
 
@@ -258,7 +244,7 @@ def test_default_backend_asks_auto_with_the_frame_size(tmp_path, samples, models
     code, summary, _ = dfn(src, "-o", tmp_path / "o.png", "--model", models["deepfusionnet"],
                            "--sr-model", models["deepfusionnet-sr"], "--fast", capsys=capsys)
     assert code == 0 and summary["backend"] == "onnxruntime"
-    # runtime.auto takes (width, height); in --fast both models run on the half-size frame
+    # runtime.measure.auto takes (width, height); in --fast both models run on the half-size frame
     assert calls == [("deepfusionnet.onnx", (48, 32)), ("deepfusionnet-sr.onnx", (48, 32))]
     assert shape(tmp_path / "o.png") == (64, 96, 3) and mean(tmp_path / "o.png") > mean(src) + 20
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from deepfusionnet.cli import main
-from deepfusionnet.runtime.baselines import get_baseline
-from deepfusionnet.runtime.evaluate import degrade_for_sr, evaluate, prepare_pair, sr_rng
+from deepfusionnet.runtime.measure.baselines import get_baseline
+from deepfusionnet.runtime.measure.evaluate import degrade_for_sr, evaluate, prepare_pair, sr_rng
 from deepfusionnet.runtime.images import read_image, write_image
 from deepfusionnet.runtime.metrics import psnr, ssim
-from deepfusionnet.runtime.pairs import find_pairs
+from deepfusionnet.runtime.measure.pairs import find_pairs
 
 NAMES = ["1.png", "22.png", "111.png"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.pairs import find_pairs
+from deepfusionnet.runtime.measure.pairs import find_pairs
 
 
 def _touch(path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import cv2
@@ -21,6 +20,7 @@ from PIL import Image, ImageOps
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.images import read_image, write_image
+from helpers import huge_png
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)
@@ -160,17 +160,6 @@ def test_real_samples_read(samples):
 
 
 # ---------------------------------------------------------------- broken files: one DFNError each
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def huge_png(w: int = 100_000, h: int = 100_000) -> bytes:
-    """A tiny, valid-looking PNG whose IHDR claims w x h RGB pixels."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _png_chunk(b"IEND", b""))
 
 
 def huge_jpeg(w: int = 65_000, h: int = 65_000) -> bytes:

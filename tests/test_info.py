@@ -7,12 +7,14 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from deepfusionnet.cli import main
 from deepfusionnet.commands.info import torch_stats
 from deepfusionnet.runtime import artifacts
-from deepfusionnet.runtime.macs import onnx_conv_macs, onnx_params, read_onnx_summary, safetensors_params
+from deepfusionnet.runtime.measure.macs import (onnx_conv_macs, onnx_params, read_onnx_summary,
+                                                safetensors_params)
 
 ENH_PARAMS, SR_PARAMS = 2_595_463, 109_520
 
@@ -127,3 +129,23 @@ def test_errors(tmp_path, capsys):
     assert main(["info", str(bad)]) == 1
     errs = capsys.readouterr().err.strip().splitlines()
     assert len(errs) == 2 and "WIDTHxHEIGHT" in errs[0] and "bad.onnx" in errs[1]
+
+
+def test_conv_transpose_macs_count_each_input_pixel_times_its_kernel(tmp_path):
+    """A U-Net's up-convolutions count too: MACs of ConvTranspose = input elements x Cout/groups x kH x kW."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w_up = numpy_helper.from_array(np.zeros((8, 4, 2, 2), np.float32), "w_up")  # Cin 8 -> Cout 4, 2x2 stride 2
+    w_c = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w_c")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w_c"], ["h"], pads=[1, 1, 1, 1]),
+         helper.make_node("ConvTranspose", ["h", "w_up"], ["y"], strides=[2, 2])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, None, None])], [w_up, w_c])
+    path = tmp_path / "up.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    macs, _ = onnx_conv_macs(path, 16, 24)
+    conv = 8 * 16 * 24 * 3 * 3 * 3
+    up = 8 * 16 * 24 * 4 * 2 * 2
+    assert macs == conv + up

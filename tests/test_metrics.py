@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from deepfusionnet.runtime.baselines import gamma
+from deepfusionnet.runtime.measure.baselines import gamma
 from deepfusionnet.runtime.images import read_image
 from deepfusionnet.runtime.metrics import gt_mean_correct, psnr, ssim
 

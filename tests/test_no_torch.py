@@ -8,7 +8,7 @@ import textwrap
 
 import cv2
 
-from test_enhance_models import REPO, models, small_night  # noqa: F401  (models is a fixture)
+from helpers import REPO, small_night
 
 BLOCK = ("torch", "torchvision", "tensorrt", "tensorrt_bindings", "tensorrt_libs", "cuda", "pycuda")
 
@@ -44,7 +44,7 @@ def test_every_runtime_module_imports_without_torch():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dfn_enhance_without_torch(tmp_path, samples, models):  # noqa: F811
+def test_dfn_enhance_without_torch(tmp_path, samples, models):
     src = tmp_path / "night.png"
     cv2.imwrite(str(src), cv2.cvtColor(small_night(samples / "lol-748.png", (97, 65)), cv2.COLOR_RGB2BGR))
     proc = run_blocked(f"""

@@ -8,7 +8,9 @@ import pytest
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.backends.base import load_backend
 from deepfusionnet.runtime.images import read_image
+from deepfusionnet.runtime.metrics import psnr
 from deepfusionnet.runtime.processing import to_tensor
+from helpers import tiny_onnx
 
 pytest.importorskip("openvino")
 
@@ -34,10 +36,6 @@ def crop(samples) -> np.ndarray:
     return to_tensor(np.ascontiguousarray(img[100:164, 200:296]))  # 64x96, multiple of 8
 
 
-def psnr(a, b) -> float:
-    return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
-
-
 def test_openvino_matches_onnxruntime(real_onnx, crop):
     ref = load_backend("onnxruntime", real_onnx).infer({"input": crop})["output"]
     ov = load_backend("openvino", real_onnx, precision="f32", threads=1)
@@ -49,7 +47,7 @@ def test_openvino_matches_onnxruntime(real_onnx, crop):
 
 
 def test_openvino_bf16_close_to_fp32(real_onnx, crop):
-    from deepfusionnet.runtime.machine import isa_features
+    from deepfusionnet.runtime.measure.machine import isa_features
 
     if not set(isa_features()) & {"avx512_bf16", "amx_bf16"}:
         pytest.skip("no BF16 instructions on this CPU")
@@ -59,8 +57,6 @@ def test_openvino_bf16_close_to_fp32(real_onnx, crop):
 
 
 def test_openvino_compiles_per_shape_and_caches(crop, tmp_path):
-    from test_bench import tiny_onnx
-
     from deepfusionnet.runtime.backends import openvino as ovb
 
     be = load_backend("openvino", tiny_onnx(tmp_path / "tiny.onnx"), precision="f32", cache_dir=tmp_path / "ovcache")

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfusionnet.runtime.compare import ParityReport, TOLERANCES, error_stats, run_parity, tolerance_for
+from deepfusionnet.runtime.measure.compare import (ParityReport, TOLERANCES, error_stats, run_parity,
+                                                   tolerance_for)
 from deepfusionnet.runtime.images import read_image, write_image
-from deepfusionnet.runtime.pairs import find_items
+from deepfusionnet.runtime.measure.pairs import find_items
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_nan_in_candidate_fails_every_tolerance():
     cand[0, 1, 2, 3] = np.nan
     for precision in TOLERANCES:
         report = ParityReport("r", "c", precision, "output", tolerance_for(precision))
-        from deepfusionnet.runtime.compare import ImageResult
+        from deepfusionnet.runtime.measure.compare import ImageResult
 
         report.images.append(ImageResult("x", cand.shape, error_stats(ref, cand)))
         assert not report.passed and "NaN" in report.failures()[0]
@@ -145,7 +146,7 @@ def test_parity_runs_without_torch(tiny_onnx, small_frames):
 def test_sr_parity_on_pairs_feeds_degraded_ground_truth(tiny_onnx, lol_eval15):
     """An SR model upscales normal-light frames: on pairs, parity feeds it the blurred, downscaled
     ground truth (as dfn eval does) and scores it against that ground truth, not the dark image."""
-    from deepfusionnet.runtime.compare import compare_models
+    from deepfusionnet.runtime.measure.compare import compare_models
 
     report = compare_models(str(tiny_onnx["fp32"]), str(tiny_onnx["fp16"]), lol_eval15, "fp16", limit=1,
                             backend_ref="onnxruntime", backend="onnxruntime", threads=1)

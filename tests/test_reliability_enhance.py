@@ -29,7 +29,7 @@ from deepfusionnet.runtime.images import read_image, temporary_name  # noqa: E40
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
 sys.path.insert(0, str(Path(__file__).parent))
-from test_images import huge_png  # noqa: E402
+from helpers import huge_png  # noqa: E402
 
 
 def _save(path: Path, nodes, inits, ch: int = 3) -> Path:

@@ -609,14 +609,14 @@ def test_folder_of_only_skipped_inputs_exits_2_listing_them(tmp_path, models, ca
 
 
 def test_suite_uses_a_temporary_auto_cache():
-    from deepfusionnet.runtime.auto import cache_path
+    from deepfusionnet.runtime.measure.auto import cache_path
 
     assert Path(tempfile.gettempdir()) in cache_path().resolve().parents, cache_path()
     assert Path.home() not in cache_path().resolve().parents or Path.home() == Path("/tmp")
 
 
 def test_remeasure_refreshes_the_auto_decision(tmp_path, models, capsys, monkeypatch):
-    from deepfusionnet.runtime import auto
+    from deepfusionnet.runtime.measure import auto
 
     monkeypatch.setenv("DFN_CACHE", str(tmp_path / "cache"))
     calls = []

@@ -12,6 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
+from conftest import SAMPLES as SAMPLES_DIR  # noqa: E402
+
 from deepfusionnet.train.models import create_model, get_spec, model_names  # noqa: E402
 
 # name -> parameters in seed-methods.md (its rebuilds of the reference code); the spec states no tolerance,
@@ -184,10 +186,46 @@ def test_saved_weights_carry_scale_and_multiple_for_the_runtime(tmp_path):
 def test_export_of_a_registered_model_without_weights_says_how_to_get_them(capsys):
     from deepfusionnet.cli import main
 
-    assert main(["export", "unet-sid", "-o", "never.onnx"]) == 1
+    assert main(["export", "mirnet", "-o", "never.onnx"]) == 1  # mirnet ships no weights
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "dfn train --model unet-sid" in err and "--weights" in err
+    assert "dfn train --model mirnet" in err and "--weights" in err
+
+
+# The seed models whose trained weights ship in the package (benchmarks/seed_models.py ship).
+SHIPPED_SEEDS = ["unet-sid", "cnn", "mirnet-v2", "neid", "cyclegan-ema-aspp"]
+
+
+@pytest.mark.parametrize("name", SHIPPED_SEEDS)
+def test_shipped_seed_weights_name_themselves_and_run_through_enhance(name, tmp_path, capsys):
+    from deepfusionnet.cli import main
+    from deepfusionnet.runtime.artifacts import SHIPPED, resolve, shipped_path
+    from deepfusionnet.runtime.images import read_image, write_image
+
+    if not shipped_path(name, "weights").is_file():
+        pytest.skip(f"{name}: no weights shipped in this checkout")
+    spec = get_spec(name)
+    assert SHIPPED[name][:2] == (spec.scale, spec.multiple)
+    a = resolve(name)
+    assert a.kind == "weights" and a.task == spec.task  # weights alone: the torch backend runs them
+    src = tmp_path / "in.png"
+    write_image(src, read_image(SAMPLES_DIR / "lol-22.png")[:64, :96])
+    assert main(["enhance", str(src), "-o", str(tmp_path / "out"), "--model", name]) == 0, capsys.readouterr().err
+    assert read_image(tmp_path / "out" / "in.png").shape == (64 * spec.scale, 96 * spec.scale, 3)
+
+
+@pytest.mark.parametrize("name", ["unet-sid", "cnn"])
+def test_trained_seed_weights_beat_the_untouched_input_on_eval15(name, lol_eval15, capsys):
+    from deepfusionnet.cli import main
+    from deepfusionnet.runtime.artifacts import shipped_path
+
+    if not shipped_path(name, "weights").is_file():
+        pytest.skip(f"{name}: no weights shipped in this checkout")
+    scores = {}
+    for model in (name, "baseline:none"):
+        assert main(["eval", model, "--data", str(lol_eval15), "--limit", "3", "--json"]) == 0
+        scores[model] = json.loads(capsys.readouterr().out)["psnr"]
+    assert scores[name] > scores["baseline:none"] + 5
 
 
 def _small_frames(tmp_path, size: tuple[int, int]):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -12,27 +10,7 @@ from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.sources import (CaptureSource, Failure, Frame, ImageListSource, VideoSource,
                                            capture_opener, csi_pipeline, has_gstreamer, open_source)
 from deepfusionnet.runtime.uris import parse_sink, parse_source
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: str = "mp4v") -> Path:
-    """Frames are RGB; written as BGR like every camera file."""
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def colour_frames(n: int, size=(48, 64)) -> list[np.ndarray]:
-    frames = []
-    for i in range(n):
-        f = np.zeros((*size, 3), np.uint8)
-        f[..., 0] = 200  # red in RGB: a BGR/RGB mix-up shows as blue
-        f[..., 1] = 10 * i
-        frames.append(f)
-    return frames
+from helpers import colour_frames, write_video
 
 
 @pytest.mark.parametrize("text,kind,target", [

@@ -291,17 +291,18 @@ def test_corrupt_or_swapped_engine_is_caught_by_its_sidecar_hash(tmp_path, world
 
 def test_verify_engine_without_sidecar_deserializes_or_says_it_cannot(tmp_path, world, trt, cuda, monkeypatch):
     from deepfusionnet.runtime.backends.tensorrt import verify_engine
+    from deepfusionnet.runtime.sidecar import Sidecar
 
     _, engine = make_engine(tmp_path, trt, cuda)
-    assert verify_engine(engine, {}, trt=trt) == "deserialized by TensorRT 10.3.0.30"
+    assert verify_engine(engine, Sidecar(), trt=trt) == "deserialized by TensorRT 10.3.0.30"
     junk = tmp_path / "junk.engine"
     junk.write_bytes(b"\x00garbage plan")
     with pytest.raises(DFNError, match="could not deserialize this engine"):
-        verify_engine(junk, {}, trt=trt)
+        verify_engine(junk, Sidecar(), trt=trt)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # TensorRT absent
     with pytest.raises(DFNError, match="no sidecar .* and TensorRT is not installed"):
-        verify_engine(junk, {})
-    assert verify_engine(junk, {"engine_bytes": junk.stat().st_size}).startswith("not verified")
+        verify_engine(junk, Sidecar())
+    assert verify_engine(junk, Sidecar(engine_bytes=junk.stat().st_size)).startswith("not verified")
 
 
 def _three_frames(frame):

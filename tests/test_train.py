@@ -32,21 +32,12 @@ from deepfusionnet.train.trainer import epoch_order  # noqa: E402
 from deepfusionnet.train.weights import load_model, load_state, save_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ["100.png", "101.png", "102.png", "103.png", "104.png", "105.png"]
+from conftest import TINY_NAMES as NAMES  # noqa: E402  (the pairs of the tiny fixture)
 # 6 pairs, 2 held out -> 4 training pairs; batch 2 -> 2 steps per epoch; crop 32 fits 64x48. 101-104 are
 # one re-shot view, which --val-group scene would hold out whole (4 of 6), so these runs group by image.
 SMALL = ["--batch-size", "2", "--crop", "32", "--val-count", "2", "--val-group", "image", "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def tiny(lol_train, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pairs")
-    for sub in ("low", "high"):
-        (root / sub).mkdir()
-        for n in NAMES:
-            img = cv2.imread(str(lol_train / sub / n))
-            cv2.imwrite(str(root / sub / n), cv2.resize(img, (64, 48), interpolation=cv2.INTER_AREA))
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -161,7 +152,7 @@ def autocast_calls(monkeypatch) -> list[bool]:
 ])
 def test_bf16_autocast_only_when_asked_and_where_the_cpu_has_it(tiny, tmp_path, capsys, monkeypatch,
                                                                 autocast_calls, flags, setting, native, autocast):
-    from deepfusionnet.runtime import machine
+    from deepfusionnet.runtime.measure import machine
 
     monkeypatch.setattr(machine, "isa_features", lambda: sorted(native))
     code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, "--max-steps", "1", *flags))
@@ -229,7 +220,7 @@ def test_batchnorm_refresh_uses_the_centre_of_big_frames(tiny, monkeypatch):
         return next(b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)).running_var
 
     monkeypatch.setattr(trainer, "BN_REFRESH_MAX_SIDE", 32)
-    trainer.refresh_batchnorm(model, pairs, cfg, sr=False, multiple=8)
+    trainer.refresh_batchnorm(model, pairs, cfg, task="enhance", multiple=8)
     got = next(b for b in model.modules() if isinstance(b, torch.nn.BatchNorm2d)).running_var.clone()
     torch.testing.assert_close(got, stats([f[8:40, 16:48] for f in pairs.low]))
     assert not torch.allclose(got, stats(pairs.low), rtol=1e-3)  # whole frames would differ

@@ -36,8 +36,10 @@ def user_module(tmp_path, monkeypatch):
     name = f"dfn_user_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(doc_model_source())
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    saved = dict(registry._REGISTRY)  # one table, shared with train.models.spec.register: restored in place
     yield name
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
     sys.modules.pop(name, None)
 
 

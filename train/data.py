@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.evaluate import degrade_for_sr  # shared with dfn eval
+from deepfusionnet.runtime.measure.evaluate import degrade_for_sr, halve_low  # shared with dfn eval
 from deepfusionnet.runtime.images import IMAGE_SUFFIXES, read_image
-from deepfusionnet.runtime.pairs import find_pairs  # torch-free, shared with dfn eval
+from deepfusionnet.runtime.measure.pairs import find_pairs  # torch-free, shared with dfn eval
 from deepfusionnet.train.synthetic import darken
 
 
@@ -200,6 +200,14 @@ def sr_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: int) -> tu
     return _chw(degrade_for_sr(hr, rng)), _chw(hr)
 
 
+def enhance_sr_sample(pairs: PairSet, i: int, rng: np.random.Generator, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """One enhance-and-upscale crop (NEID): the same ``2 * crop`` window of the low and the high image;
+    the input is the low window halved (bicubic, as ``dfn eval`` halves whole frames), the target the high."""
+    lo, hi = random_crop(rng, crop * 2, pairs.low[i], pairs.high[i])
+    lo, hi = augment(rng, lo, hi)
+    return _chw(halve_low(lo)), _chw(hi)
+
+
 def _chw(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)
 
@@ -225,7 +233,7 @@ class SampleStream(torch.utils.data.Dataset):
     seed: int
     global_batch: int
     crop: int
-    sr: bool = False
+    task: str = "enhance"  # runtime.artifacts.TASKS
     synthetic_prob: float = 0.0
     _order: tuple[int, np.ndarray] | None = field(default=None, repr=False)
 
@@ -244,8 +252,10 @@ class SampleStream(torch.utils.data.Dataset):
         # The trailing 0 was the rank when each process drew its own samples: single-process runs kept
         # their exact stream (and their checkpoints an exact resume) across that change.
         rng = np.random.default_rng([self.seed, epoch, step, k, 0])
-        if self.sr:
+        if self.task == "sr":
             return sr_sample(self.pairs, i, rng, self.crop)
+        if self.task == "enhance-sr":
+            return enhance_sr_sample(self.pairs, i, rng, self.crop)
         return enhancement_sample(self.pairs, i, rng, self.crop, self.synthetic_prob)
 
 

@@ -33,7 +33,7 @@ class Capabilities:
 
 def probe() -> Capabilities:
     """This machine's capabilities (initialises CUDA only when a GPU is visible)."""
-    from deepfusionnet.runtime.machine import has_native_bf16
+    from deepfusionnet.runtime.measure.machine import has_native_bf16
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return Capabilities(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-PIXEL_LOSSES = ("mse", "charbonnier")
+PIXEL_LOSSES = ("mse", "charbonnier", "l1")
 CHARBONNIER_EPS = 1e-3  # as in MPRNet/Restormer: about L1 above a few grey levels, smooth at 0
 
 
@@ -24,6 +24,8 @@ def hybrid_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float = 1
         term = mse
     elif pixel == "charbonnier":
         term = torch.mean(torch.sqrt(diff2 + CHARBONNIER_EPS**2))
+    elif pixel == "l1":  # the seed U-Nets' loss (unet-sid, the study's CNN)
+        term = torch.mean(torch.abs(pred - target))
     else:
         raise ValueError(f"unknown pixel loss {pixel!r}; choose one of {PIXEL_LOSSES}")
     s = ssim(pred, target, data_range=1.0, size_average=True, win_size=11, win_sigma=1.5)

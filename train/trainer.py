@@ -8,13 +8,11 @@ processes (``--batch-size`` is the global batch, split over the processes).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -30,8 +28,16 @@ from deepfusionnet.runtime.processing import crop, pad_to_multiple, to_image, to
 from deepfusionnet.train import data as D
 from deepfusionnet.train import device as dev
 from deepfusionnet.train.losses import PIXEL_LOSSES, hybrid_loss
-from deepfusionnet.train.models import create_model, get_spec
+from deepfusionnet.runtime.signals import first_signal_as_flag
+from deepfusionnet.train.models import create_model, get_spec, model_names
 from deepfusionnet.train.weights import load_model, load_pickle_safely, save_weights
+
+
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+def unpaired_models() -> list[str]:
+    return [n for n in model_names() if get_spec(n).discriminator is not None]
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,10 @@ class TrainConfig:
     batch_size: int = 8
     crop: int = 128  # LR crop for SR; HR is 2x. 0: whole frames (enhancer only)
     lr: float = 1e-4  # the paper's Adam 1e-4
-    lr_schedule: str = "constant"  # constant | cosine
+    lr_schedule: str = "constant"  # constant | cosine | step (x lr_gamma every lr_step_epochs, the SID U-Net's)
     min_lr: float = 1e-6
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.8
     ssim_weight: float = 1.0
     pixel_loss: str = "mse"  # mse (the paper) | charbonnier (robust L1); the pixel term of the loss
     # CPU autocast: on | off | auto (on where the CPU has bf16 hardware; see has_native_bf16). Off by default
@@ -63,7 +71,7 @@ class TrainConfig:
     # init) can then be compared, and their weights averaged, on the same validation pairs.
     val_seed: int | None = None
     # How held-out pairs are grouped: "scene" (look-alike normal-light images stay together) or
-    # "image" (only pairs sharing one normal-light image; the only grouping before session 12).
+    # "image" (only pairs sharing one normal-light image).
     val_group: str = "scene"
     checkpoint_minutes: float = 5.0
     init: str | None = None  # start from these weights (e.g. the shipped ones)
@@ -91,6 +99,10 @@ class TrainConfig:
     workers: int = -1
     compile: bool = False  # torch.compile the training forward
     log_every: int = 50  # a progress line every N steps when stderr is not a terminal (0: none)
+    # Unpaired training (CycleGAN, train/unpaired.py) for models registered with a discriminator; extra
+    # low-light photos without ground truth join the low-light domain.
+    unpaired: bool = False
+    unpaired_extra: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -102,8 +114,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         get_spec(self.model)
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise DFNError("--lr-schedule must be constant or cosine")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DFNError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_step_epochs < 1 or not 0.0 < self.lr_gamma <= 1.0:
+            raise DFNError("--lr-step-epochs must be positive and --lr-gamma in (0, 1]")
         multiple = max(8, get_spec(self.model).multiple)  # a crop the network's pooling divides evenly
         if self.crop % multiple or self.crop < 0:
             raise DFNError(f"--crop must be a multiple of {multiple} for {self.model} (or 0: whole frames)")
@@ -132,6 +146,11 @@ class TrainConfig:
             raise DFNError("--freeze-bn keeps the BatchNorm statistics of --init; pass --init WEIGHTS with it")
         if not 0.0 < self.targets_mix <= 1.0:
             raise DFNError("--targets-mix must be in (0, 1]: the teacher's share of the training target")
+        if self.unpaired_extra and not self.unpaired:
+            raise DFNError("--unpaired-extra adds photos to unpaired training; pass --unpaired with it")
+        if self.unpaired and get_spec(self.model).discriminator is None:
+            raise DFNError(f"--unpaired trains a CycleGAN; {self.model} has no discriminator "
+                           f"(models with one: {', '.join(unpaired_models())})")
         if self.targets and get_spec(self.model).scale != 1:
             raise DFNError("--targets applies to the enhancer; the SR model's targets are the normal-light images")
 
@@ -142,6 +161,15 @@ class TrainConfig:
 # move between a GPU and a CPU (the checkpoint holds CPU tensors); the log says when it does.
 _RUN_CONTROL = {"max_steps", "threads", "checkpoint_minutes", "out", "val_every", "bf16", "device", "amp",
                 "workers", "compile", "log_every"}
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """The learning rate at optimizer step ``step`` under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "step":
+        return cfg.lr * cfg.lr_gamma ** (step // steps_per_epoch // cfg.lr_step_epochs)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 def validation_split(pairs: D.PairSet, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -221,16 +249,20 @@ def on_cpu(obj):
     return obj
 
 
-def whole_frame(lo: np.ndarray, hi: np.ndarray, sr: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A pair as the model meets it in use: the SR model gets ``hi`` (cut to even sides) blurred and
-    downscaled 2x by ``rng``'s degradation; the enhancer gets ``lo`` as it is."""
-    if sr:
+def whole_frame(lo: np.ndarray, hi: np.ndarray, task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A pair as the model meets it in use (``dfn eval``'s pairing): the SR model gets ``hi`` (cut to even
+    sides) blurred and downscaled 2x by ``rng``'s degradation; enhance-sr gets ``lo`` halved; the enhancer
+    gets ``lo`` as it is."""
+    if task == "sr":
         hi = hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2]
         lo = D.degrade_for_sr(hi, rng)
+    elif task == "enhance-sr":
+        hi = hi[: hi.shape[0] // 2 * 2, : hi.shape[1] // 2 * 2]
+        lo = D.halve_low(lo)
     return lo, hi
 
 
-def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scale: int = 1, sr: bool = False,
+def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scale: int = 1, task: str = "enhance",
                    device: torch.device | None = None) -> dict:
     """Full-resolution PSNR/SSIM on uint8 outputs, with the runtime's padding (as `dfn eval` does), in
     FP32 on ``device`` (the CPU by default)."""
@@ -239,7 +271,7 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for lo, hi in zip(pairs.low, pairs.high):
-            lo, hi = whole_frame(lo, hi, sr, rng)
+            lo, hi = whole_frame(lo, hi, task, rng)
             x, size = pad_to_multiple(to_tensor(lo), multiple)
             y = crop(model(torch.from_numpy(x).to(device or "cpu")).float().cpu().numpy(), size, scale)
             out = to_image(y)
@@ -252,7 +284,7 @@ BN_REFRESH_FRAMES = 64
 BN_REFRESH_MAX_SIDE = 1024  # larger frames contribute their centre, the size of one runtime tile
 
 
-def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainConfig, sr: bool,
+def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainConfig, task: str,
                       multiple: int, device: torch.device | None = None) -> None:
     """Re-estimate ``model``'s BatchNorm statistics on whole training frames (``torch.optim.swa_utils.update_bn``).
 
@@ -277,40 +309,24 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
         y, x = max(0, (h - limit) // 2), max(0, (w - limit) // 2)
         return img[y:y + limit, x:x + limit]
 
-    limit = BN_REFRESH_MAX_SIDE * (2 if sr else 1)  # SR: the input is the high frame halved
+    limit = BN_REFRESH_MAX_SIDE * (1 if task == "enhance" else 2)  # the others halve the frame
 
     def frames():  # one at a time: only the current frame is in memory
         for i in np.linspace(0, len(trainset) - 1, count).round().astype(int):
-            lo, _ = whole_frame(centre(trainset.low[i], limit), centre(trainset.high[i], limit), sr, rng)
+            lo, _ = whole_frame(centre(trainset.low[i], limit), centre(trainset.high[i], limit), task, rng)
             yield torch.from_numpy(pad_to_multiple(to_tensor(lo), multiple)[0])
 
     with torch.no_grad():
         update_bn(frames(), model, device=device)
 
 
-@contextlib.contextmanager
 def deferred_interrupt():
     """Turn the first Ctrl-C / SIGTERM into a flag the loop checks between steps (a second one stops at once).
 
     Stopping between optimizer steps keeps model, optimizer and step counter consistent, so the checkpoint
     written on the way out resumes exactly.
     """
-    flag = {"signal": None}
-
-    def handler(signum, _frame):
-        if flag["signal"] is not None:
-            raise KeyboardInterrupt
-        flag["signal"] = signum
-
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signals alone
-        previous = {}
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return first_signal_as_flag()
 
 
 class LossLog:
@@ -431,17 +447,16 @@ def _backward_and_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler) -
     scaler.update()
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train according to ``cfg``; returns the final metrics. Only rank 0 writes files."""
-    from tqdm import tqdm
-
+def _open_run(cfg: TrainConfig, resume: bool) -> dict | tuple:
+    """Check ``cfg``, read a resumed run's checkpoint, pick the device and arithmetic and join the process
+    group: ``(state, device, arithmetic, rank, world)``, or the result of a run that already finished."""
     cfg.validate()
+    if cfg.unpaired:
+        raise DFNError("unpaired runs train with deepfusionnet.train.unpaired.train_unpaired")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
-    spec = get_spec(cfg.model)
-    sr = spec.scale == 2
     # Before the data: a resumed run's options decide its split, so a changed one is named first.
     state = _load_checkpoint(out, cfg) if resume else None
     if not resume and ckpt_path.exists():  # checked on every rank, so no rank starts while another refuses
@@ -457,7 +472,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                        f"{_world()[1]} processes (use a multiple of {_world()[1]})")
     dev.configure(device, arithmetic)
     rank, world = _dist(device)
+    return state, device, arithmetic, rank, world
 
+
+def _prepare_data(cfg: TrainConfig, task: str) -> tuple[D.PairSet, D.PairSet]:
+    """``(training pairs, held-out pairs)``, after checking that the training pairs fit ``cfg``'s crops."""
     pairs = D.load_pairs(cfg.data)
     train_idx, val_idx = validation_split(pairs, cfg)
     if len(train_idx) == 0:
@@ -467,13 +486,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if cfg.targets:
         trainset = D.with_targets(trainset, cfg.targets, cfg.targets_mix)
     # Refuse now, not at the first sample; SR crops the normal-light image at 2x the LR crop.
-    D.check_crop_fits(trainset.high if sr else trainset.low, cfg.crop * (2 if sr else 1))
+    D.check_crop_fits(trainset.high if task == "sr" else trainset.low, cfg.crop * (1 if task == "enhance" else 2))
     if cfg.crop == 0 and cfg.batch_size > 1:
         sizes = {D.whole_frame_size(img) for img in trainset.low}
         if len(sizes) > 1:
             raise DFNError(f"{cfg.data}: --crop 0 batches whole frames, which come in {len(sizes)} sizes here "
                            f"({', '.join(f'{w}x{h}' for h, w in sorted(sizes)[:3])}...); use --batch-size 1")
+    return trainset, val
 
+
+def _build_model(cfg: TrainConfig, device: torch.device, resume: bool) -> tuple:
+    """``(model, optimizer, weight average or None)``: the model seeded by ``cfg.seed`` (or --init's weights)
+    on ``device``."""
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)
     if cfg.init and not resume:
@@ -481,7 +505,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
         init_path = resolve(cfg.init, "weights").path  # a shipped name or a file
         init_model, init_name = load_model(init_path, name=cfg.model)
-        if init_name != cfg.model:  # SR weights from before the skip load as the paper's block
+        if init_name != cfg.model:  # SR weights without the skip load as the paper's block
             raise DFNError(f"{init_path}: holds {init_name} weights; train them on with --model {init_name}")
         model.load_state_dict(init_model.state_dict())
     model.to(device)
@@ -493,177 +517,290 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         # Weights only: BatchNorm statistics are re-estimated for the averaged weights (see refresh_batchnorm).
-        # A copy made before BatchNorm is synchronised below: rank 0 alone re-estimates its statistics.
+        # A copy made before _Run.start synchronises BatchNorm: rank 0 alone re-estimates its statistics.
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
-    kept = ema.module if ema is not None else model  # what is validated and saved as weights
-    steps_per_epoch = max(1, len(trainset) // cfg.batch_size)  # global batches: any number of processes
-    total_steps = steps_per_epoch * cfg.epochs
+    return model, opt, ema
 
-    def lr_at(step: int) -> float:
-        if cfg.lr_schedule == "constant":
-            return cfg.lr
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
-    epoch, step_in_epoch, best, history, losses = 0, 0, -1.0, [], []
-    if state is not None:
-        if state.get("world", 1) > 1 and "global_batch" not in state:
-            raise DFNError(f"{ckpt_path}: a {state['world']}-process run from before --batch-size meant the "
-                           f"global batch cannot resume exactly; start a new run with --init "
-                           f"{out / 'last.safetensors'}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None:
-            if "ema" not in state:
-                raise DFNError(f"{ckpt_path}: the checkpoint holds no weight average to resume --ema with")
-            ema.load_state_dict(state["ema"])
-        epoch, step_in_epoch, best = state["epoch"], state["step"], state["best"]
-        history = state["history"]
-        losses = list(state.get("epoch_losses", []))
-        torch.set_rng_state(state["torch_rng"])
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2).encode())
-    if rank == 0:
-        remove_abandoned_temporaries(out)  # temporaries of a write cut short by kill -9
+@dataclass(eq=False)
+class _Run:
+    """A paired run in progress: what ``train`` sets up once, and the counters its loop advances."""
 
-    scaler = dev.make_scaler(device, arithmetic)
-    if scaler is not None and state is not None and "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    if rank == 0:  # only once the inputs are known good: a bad run fails with its one error line
-        say_how_it_runs(cfg, device, world, arithmetic, state)
-        if state is not None:  # where the run picks up, so a log shows that nothing was redone or skipped
-            print(f"resuming {out} at epoch {epoch + 1}/{cfg.epochs}, step {step_in_epoch}/{steps_per_epoch} "
-                  f"(global step {epoch * steps_per_epoch + step_in_epoch})", file=sys.stderr, flush=True)
-    net = model
-    if world > 1:
-        from deepfusionnet.train.sync_batchnorm import convert_sync_batchnorm
+    cfg: TrainConfig
+    spec: object  # the model's registry entry (task, multiple, scale)
+    device: torch.device
+    arithmetic: dev.Arithmetic
+    rank: int
+    world: int
+    trainset: D.PairSet
+    val: D.PairSet
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    ema: torch.nn.Module | None
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: float = -1.0
+    history: list = dataclasses.field(default_factory=list)
+    losses: LossLog | None = None
+    scaler: object = None
+    net: torch.nn.Module | None = None
+    sampler: D.ShardSampler | None = None
+    loader: torch.utils.data.DataLoader | None = None
+    memory_format: torch.memory_format = torch.preserve_format
+    progress: ProgressLog | None = None
+    last_ckpt: float = 0.0
 
-        # Statistics of the global batch, as one process computes them: a 2-process run trains the model a
-        # 1-process run of the same global batch trains.
-        net = torch.nn.parallel.DistributedDataParallel(
-            convert_sync_batchnorm(model, device), device_ids=[device] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    workers = cfg.workers
-    if workers < 0:
-        workers = dev.default_workers(device, os.cpu_count(), dev.local_rank()[1])
-    sampler = D.ShardSampler(steps_per_epoch, cfg.batch_size, rank, world)
-    stream = D.SampleStream(trainset, cfg.seed, cfg.batch_size, cfg.crop, sr, cfg.synthetic_prob)
-    loader = D.make_loader(stream, sampler, workers, pin_memory=device.type == "cuda")
-    memory_format = torch.channels_last if dev.channels_last(device) else torch.preserve_format
-    losses = LossLog(losses, world)
-    progress = ProgressLog(cfg.log_every, cfg.batch_size, epoch * steps_per_epoch + step_in_epoch,
-                           min(total_steps, cfg.max_steps or total_steps))
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
-    def checkpoint(ep: int, st: int, epoch_losses: list[float]) -> None:
-        if rank != 0:
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        """What is validated and saved as weights: the average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.trainset) // self.cfg.batch_size)  # global batches: any number of processes
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+    def lr_at(self, step: int) -> float:
+        return learning_rate(self.cfg, step, self.steps_per_epoch, self.total_steps)
+
+    def restore(self, state: dict | None) -> None:
+        """Pick up where ``state`` (a checkpoint) left off; a new run writes its ``config.json`` instead."""
+        cfg, out = self.cfg, self.out
+        losses = []
+        if state is not None:
+            if state.get("world", 1) > 1 and "global_batch" not in state:
+                raise DFNError(f"{self.ckpt_path}: a {state['world']}-process run from before --batch-size "
+                               f"meant the global batch cannot resume exactly; start a new run with --init "
+                               f"{out / 'last.safetensors'}")
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            if self.ema is not None:
+                if "ema" not in state:
+                    raise DFNError(f"{self.ckpt_path}: the checkpoint holds no weight average to resume "
+                                   "--ema with")
+                self.ema.load_state_dict(state["ema"])
+            self.epoch, self.step_in_epoch, self.best = state["epoch"], state["step"], state["best"]
+            self.history = state["history"]
+            losses = list(state.get("epoch_losses", []))
+            torch.set_rng_state(state["torch_rng"])
+        elif self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2).encode())
+        if self.rank == 0:
+            remove_abandoned_temporaries(out)  # temporaries of a write cut short by kill -9
+        self.losses = LossLog(losses, self.world)
+
+    def start(self, state: dict | None) -> None:
+        """Gradient scaler, the log's opening lines, the (distributed, compiled) network and the batches."""
+        cfg, device, world = self.cfg, self.device, self.world
+        self.scaler = dev.make_scaler(device, self.arithmetic)
+        if self.scaler is not None and state is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.global_step = self.epoch * self.steps_per_epoch + self.step_in_epoch
+        if self.rank == 0:  # only once the inputs are known good: a bad run fails with its one error line
+            say_how_it_runs(cfg, device, world, self.arithmetic, state)
+            if state is not None:  # where the run picks up, so a log shows that nothing was redone or skipped
+                print(f"resuming {self.out} at epoch {self.epoch + 1}/{cfg.epochs}, "
+                      f"step {self.step_in_epoch}/{self.steps_per_epoch} (global step {self.global_step})",
+                      file=sys.stderr, flush=True)
+        self.net = self.model
+        if world > 1:
+            from deepfusionnet.train.sync_batchnorm import convert_sync_batchnorm
+
+            # Statistics of the global batch, as one process computes them: a 2-process run trains the model a
+            # 1-process run of the same global batch trains.
+            ids = [device] if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(convert_sync_batchnorm(self.model, device),
+                                                                 device_ids=ids)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        workers = cfg.workers
+        if workers < 0:
+            workers = dev.default_workers(device, os.cpu_count(), dev.local_rank()[1])
+        self.sampler = D.ShardSampler(self.steps_per_epoch, cfg.batch_size, self.rank, world)
+        stream = D.SampleStream(self.trainset, cfg.seed, cfg.batch_size, cfg.crop, self.task,
+                                cfg.synthetic_prob)
+        self.loader = D.make_loader(stream, self.sampler, workers, pin_memory=device.type == "cuda")
+        self.memory_format = torch.channels_last if dev.channels_last(device) else torch.preserve_format
+        self.progress = ProgressLog(cfg.log_every, cfg.batch_size, self.global_step,
+                                    min(self.total_steps, cfg.max_steps or self.total_steps))
+        self.last_ckpt = time.monotonic()
+
+    def checkpoint(self, ep: int, st: int, epoch_losses: list[float]) -> None:
+        """Write ``checkpoint.pt`` (rank 0) for a resume at epoch ``ep``, step ``st``."""
+        if self.rank != 0:
             return
         _atomic_torch_save(on_cpu({
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": ep, "step": st, "best": best,
-            "history": history, "torch_rng": torch.get_rng_state(), "epoch_losses": list(epoch_losses),
-            "world": world, "global_batch": cfg.batch_size, "device": device.type,
-            "autocast": arithmetic.dtype is not None, "arithmetic": arithmetic.name,
-            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-            **({"ema": ema.state_dict()} if ema is not None else {})}), ckpt_path)
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": ep, "step": st,
+            "best": self.best, "history": self.history, "torch_rng": torch.get_rng_state(),
+            "epoch_losses": list(epoch_losses), "world": self.world, "global_batch": self.cfg.batch_size,
+            "device": self.device.type, "autocast": self.arithmetic.dtype is not None,
+            "arithmetic": self.arithmetic.name,
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {})}), self.ckpt_path)
 
-    last_ckpt = time.monotonic()
-    global_step = epoch * steps_per_epoch + step_in_epoch
-
-    def averaged() -> torch.nn.Module:
+    def averaged(self) -> torch.nn.Module:
         """``kept``, ready to validate or save: an average gets statistics of its own (frozen ones stay)."""
-        if ema is not None and not cfg.freeze_bn:
-            refresh_batchnorm(kept, trainset, cfg, sr, spec.multiple, device)
-        return kept
+        if self.ema is not None and not self.cfg.freeze_bn:
+            refresh_batchnorm(self.kept, self.trainset, self.cfg, self.task, self.spec.multiple, self.device)
+        return self.kept
 
-    def stop_if_interrupted(flag: dict) -> None:
+    def save_last(self, meta: dict) -> None:
+        save_weights(self.averaged(), self.cfg.model, self.out / "last.safetensors", meta)
+
+    def stop_if_interrupted(self, flag: dict) -> None:
+        """After a Ctrl-C / SIGTERM (``deferred_interrupt``): checkpoint, save the weights and stop."""
         if flag["signal"] is None:
             return
-        checkpoint(epoch, step_in_epoch, losses.floats())
-        if rank == 0:
+        self.checkpoint(self.epoch, self.step_in_epoch, self.losses.floats())
+        if self.rank == 0:
             # Said before last.safetensors: with --ema that re-estimates BatchNorm first, which takes a while.
-            print(f"checkpoint saved at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}; "
-                  "run the same command with --resume to continue (writing last.safetensors)",
+            print(f"checkpoint saved at epoch {self.epoch + 1}, "
+                  f"step {self.step_in_epoch}/{self.steps_per_epoch}; run the same command with --resume to "
+                  "continue (writing last.safetensors)",
                   file=sys.stderr, flush=True)
-            save_weights(averaged(), cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
+            self.save_last({"epoch": self.epoch, "step": self.global_step})
         raise KeyboardInterrupt
 
-    with deferred_interrupt() as interrupted:
-        while epoch < cfg.epochs:
-            sampler.set_epoch(epoch, step_in_epoch)
-            batches = iter(loader)
-            progress.restart_interval(global_step)
-            net.train()
-            if cfg.freeze_bn:
-                freeze_batchnorm(model)
-            bar = tqdm(range(step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
-                       disable=rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1",
-                       initial=step_in_epoch, total=steps_per_epoch)
-            for step in bar:
-                x, y = (t.to(device, non_blocking=True) for t in next(batches))
-                x = x.to(memory_format=memory_format)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(global_step)
-                with dev.autocast(device, arithmetic):
-                    pred = net(x)
-                loss, _ = hybrid_loss(pred, y, cfg.ssim_weight, cfg.pixel_loss)
-                opt.zero_grad(set_to_none=True)
-                _backward_and_step(loss, opt, scaler)
-                if ema is not None:
-                    ema.update_parameters(model)
-                global_step += 1
-                losses.add(loss)
-                if not bar.disable:  # a terminal's bar: reading the loss every step is fine there
-                    bar.set_postfix(loss=f"{np.mean(losses.floats()[-20:]):.4f}", best_val_psnr=f"{best:.2f}")
-                elif rank == 0 and progress.due(global_step):
-                    where = f"epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch}"
-                    loss_now = float(np.mean(losses.floats()[-cfg.log_every:]))
-                    print(progress.line(global_step, where, loss_now), file=sys.stderr, flush=True)
-                step_in_epoch = step + 1
-                if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                    checkpoint(epoch, step_in_epoch, losses.floats())
-                    last_ckpt = time.monotonic()
-                stop_if_interrupted(interrupted)
-                if cfg.max_steps and global_step >= cfg.max_steps:
-                    break
-            if step_in_epoch < steps_per_epoch:  # stopped by --max-steps inside an epoch
-                checkpoint(epoch, step_in_epoch, losses.floats())
-                if rank == 0:
-                    save_weights(averaged(), cfg.model, out / "last.safetensors", {"epoch": epoch, "step": global_step})
+    def train_step(self, batch) -> None:
+        """One optimizer step on ``batch`` (this process's share of the global batch)."""
+        cfg = self.cfg
+        x, y = (t.to(self.device, non_blocking=True) for t in batch)
+        x = x.to(memory_format=self.memory_format)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.global_step)
+        with dev.autocast(self.device, self.arithmetic):
+            pred = self.net(x)
+        loss, _ = hybrid_loss(pred, y, cfg.ssim_weight, cfg.pixel_loss)
+        self.opt.zero_grad(set_to_none=True)
+        _backward_and_step(loss, self.opt, self.scaler)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.global_step += 1
+        self.losses.add(loss)
+
+    def report_step(self, bar, step: int) -> None:
+        """The loss on a terminal's progress bar, or a progress line in a log every ``--log-every`` steps."""
+        if not bar.disable:  # a terminal's bar: reading the loss every step is fine there
+            bar.set_postfix(loss=f"{np.mean(self.losses.floats()[-20:]):.4f}",
+                            best_val_psnr=f"{self.best:.2f}")
+        elif self.rank == 0 and self.progress.due(self.global_step):
+            where = f"epoch {self.epoch + 1}/{self.cfg.epochs} step {step + 1}/{self.steps_per_epoch}"
+            loss_now = float(np.mean(self.losses.floats()[-self.cfg.log_every:]))
+            print(self.progress.line(self.global_step, where, loss_now), file=sys.stderr, flush=True)
+
+    def train_epoch(self, interrupted: dict, tqdm) -> bool:
+        """Train the rest of the current epoch; False when --max-steps stopped it part-way (then saved)."""
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        batches = iter(self.loader)
+        self.progress.restart_interval(self.global_step)
+        self.net.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(self.model)
+        quiet = self.rank != 0 or not sys.stderr.isatty() and os.environ.get("DFN_PROGRESS") != "1"
+        steps = range(self.step_in_epoch, self.steps_per_epoch)
+        bar = tqdm(steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=quiet,
+                   initial=self.step_in_epoch, total=self.steps_per_epoch)
+        for step in bar:
+            self.train_step(next(batches))
+            self.report_step(bar, step)
+            self.step_in_epoch = step + 1
+            if time.monotonic() - self.last_ckpt > cfg.checkpoint_minutes * 60:
+                self.checkpoint(self.epoch, self.step_in_epoch, self.losses.floats())
+                self.last_ckpt = time.monotonic()
+            self.stop_if_interrupted(interrupted)
+            if cfg.max_steps and self.global_step >= cfg.max_steps:
                 break
-            epoch += 1
-            step_in_epoch = 0
-            done = losses.floats()
-            row = {"epoch": epoch, "step": global_step, "lr": lr_at(global_step),
-                   "loss": float(np.mean(done)) if done else float("nan")}
-            # The BatchNorm refresh and last.safetensors wait for a validated epoch; an interrupt or the
-            # last epoch writes them anyway (stop_if_interrupted, and the last epoch always validates).
-            validate_now = epoch % cfg.val_every == 0 or epoch == cfg.epochs or not len(val)
-            if rank == 0 and validate_now:
-                averaged()
-                if len(val):
-                    m = evaluate_model(kept, val, spec.multiple, spec.scale, sr, device)
-                    row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
-                    if m["psnr"] > best:
-                        best = m["psnr"]
-                        save_weights(kept, cfg.model, out / "best.safetensors",
-                                     {"epoch": epoch, "val_psnr": f"{best:.3f}"})
-                save_weights(kept, cfg.model, out / "last.safetensors", {"epoch": epoch})
-            if rank == 0:
-                history.append(row)
-                _write_metrics(out, history)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-            losses = LossLog([], world)
-            checkpoint(epoch, 0, [])
-            last_ckpt = time.monotonic()
-            stop_if_interrupted(interrupted)
-            if cfg.max_steps and global_step >= cfg.max_steps:
-                if rank == 0 and not validate_now:
-                    save_weights(averaged(), cfg.model, out / "last.safetensors", {"epoch": epoch})
+        if self.step_in_epoch < self.steps_per_epoch:  # stopped by --max-steps inside an epoch
+            self.checkpoint(self.epoch, self.step_in_epoch, self.losses.floats())
+            if self.rank == 0:
+                self.save_last({"epoch": self.epoch, "step": self.global_step})
+            return False
+        return True
+
+    def validate(self, row: dict) -> None:
+        """Rank 0: validate the kept weights into ``row``; write best.safetensors (a new best) and last."""
+        cfg = self.cfg
+        self.averaged()
+        if len(self.val):
+            spec = self.spec
+            m = evaluate_model(self.kept, self.val, spec.multiple, spec.scale, self.task, self.device)
+            row.update(val_psnr=m["psnr"], val_ssim=m["ssim"])
+            if m["psnr"] > self.best:
+                self.best = m["psnr"]
+                save_weights(self.kept, cfg.model, self.out / "best.safetensors",
+                             {"epoch": self.epoch, "val_psnr": f"{self.best:.3f}"})
+        save_weights(self.kept, cfg.model, self.out / "last.safetensors", {"epoch": self.epoch})
+
+    def end_epoch(self, interrupted: dict) -> bool:
+        """Close a finished epoch: validation when due, metrics, checkpoint; True when --max-steps ends the
+        run."""
+        cfg = self.cfg
+        self.epoch += 1
+        self.step_in_epoch = 0
+        done = self.losses.floats()
+        row = {"epoch": self.epoch, "step": self.global_step, "lr": self.lr_at(self.global_step),
+               "loss": float(np.mean(done)) if done else float("nan")}
+        # The BatchNorm refresh and last.safetensors wait for a validated epoch; an interrupt or the
+        # last epoch writes them anyway (stop_if_interrupted, and the last epoch always validates).
+        validate_now = self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs or not len(self.val)
+        if self.rank == 0 and validate_now:
+            self.validate(row)
+        if self.rank == 0:
+            self.history.append(row)
+            _write_metrics(self.out, self.history)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        self.losses = LossLog([], self.world)
+        self.checkpoint(self.epoch, 0, [])
+        self.last_ckpt = time.monotonic()
+        self.stop_if_interrupted(interrupted)
+        if cfg.max_steps and self.global_step >= cfg.max_steps:
+            if self.rank == 0 and not validate_now:
+                self.save_last({"epoch": self.epoch})
+            return True
+        return False
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train according to ``cfg``; returns the final metrics. Only rank 0 writes files."""
+    from tqdm import tqdm
+
+    opened = _open_run(cfg, resume)
+    if isinstance(opened, dict):  # a resumed run that had already finished
+        return opened
+    state, device, arithmetic, rank, world = opened
+    spec = get_spec(cfg.model)
+    trainset, val = _prepare_data(cfg, spec.task)
+    model, opt, ema = _build_model(cfg, device, resume)
+    run = _Run(cfg, spec, device, arithmetic, rank, world, trainset, val, model, opt, ema)
+    run.restore(state)
+    run.start(state)
+    with deferred_interrupt() as interrupted:
+        while run.epoch < cfg.epochs:
+            if not run.train_epoch(interrupted, tqdm) or run.end_epoch(interrupted):
                 break
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return {"epochs_done": epoch, "steps": global_step, "best_val_psnr": best, "history": history, "out": str(out)}
+    return {"epochs_done": run.epoch, "steps": run.global_step, "best_val_psnr": run.best, "history": run.history,
+            "out": str(run.out)}
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.train.models import create_model
-from deepfusionnet.runtime.artifacts import file_sha256
+from deepfusionnet.runtime.artifacts import file_sha256  # noqa: F401  (re-exported)
 
 # Keys under which training frameworks nest the state dict in a legacy checkpoint (BasicSR: params_ema).
 _NESTED_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "generator")
@@ -33,7 +33,7 @@ def save_weights(model: nn.Module, name: str, path: str | Path, extra: dict | No
 
     try:
         spec = get_spec(name)
-        shape = {"scale": spec.scale, "multiple": spec.multiple}
+        shape = {"scale": spec.scale, "multiple": spec.multiple, "task": spec.task}
     except DFNError:  # not a registered name: the file carries the name alone, as before
         shape = {}
     meta = {"model": name, **{k: str(v) for k, v in {**shape, **(extra or {})}.items()}}
@@ -150,7 +150,7 @@ def load_model(path: str | Path, name: str | None = None, default: str | None = 
     if model_name is None:
         model_name = _match_model(path, state)
     if model_name == "deepfusionnet-sr" and "sr_skip" not in state:
-        model_name = "deepfusionnet-sr-paper"  # SR weights from before the skip (session 12): the paper's block
+        model_name = "deepfusionnet-sr-paper"  # SR weights without the skip (no sr_skip): the paper's block
     model = create_model(model_name)
     problems = _mismatch(model, state)
     if problems:

@@ -4,13 +4,15 @@ Rows of one model and size are timed round-robin after a warm-up, so their ratio
 machine. p50/p90/p99/mean and fps are end to end (decode + pre + inference + post); infer_* is the
 inference alone. "× eager FP32" compares with the PyTorch eager row of the same run.
 
-Model specs: a shipped name or file; A+B chains two models; half:A+B runs A at half size and B
-(the 2x SR model) back to full size.
+Model specs: a shipped name or file; A+B chains two models; fast:A+B runs A at half size and B
+(the 2x SR model) back to full size, as dfn enhance --fast (half:A+B is the older spelling).
+Backends: every registered backend (ort-cuda and ort-trt are ONNX Runtime's CUDA and TensorRT
+execution providers, tensorrt the native engine backend) and auto.
 
 examples:
   dfn bench deepfusionnet --backend auto --size 600x400 --json
   dfn bench deepfusionnet --backend torch,onnxruntime,openvino --precision fp32,bf16 --runs 10
-  dfn bench half:deepfusionnet+deepfusionnet-sr --backend openvino --quality lol-v1/eval15
+  dfn bench fast:deepfusionnet+deepfusionnet-sr --backend openvino --quality lol-v1/eval15
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ def _list(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="+", help="shipped name, .onnx file, A+B chain or half:A+B")
+    from deepfusionnet.runtime.measure.plan import bench_backends
+
+    p.add_argument("model", nargs="+", help="shipped name, .onnx file, A+B chain or fast:A+B")
     p.add_argument("--backend", default="torch,onnxruntime,openvino,auto",
-                   help="comma list of torch, onnxruntime, openvino, ort-cuda, tensorrt, auto "
-                        "(default: %(default)s)")
+                   help=f"comma list of {', '.join(bench_backends())} (default: %(default)s)")
     p.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, bf16, int8, or all (default: fp32)")
     p.add_argument("--size", default="600x400", help="comma list of WIDTHxHEIGHT (default: %(default)s)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per row after warm-up (default: %(default)s)")
@@ -49,16 +52,20 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from deepfusionnet.cli import emit_json
+    from deepfusionnet.output import emit_json
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.bench import PRECISIONS, bench, machine_markdown, markdown_table, parse_size, plot_frontier
     from deepfusionnet.runtime.images import atomic_write_bytes
+    from deepfusionnet.runtime.measure.bench import bench
+    from deepfusionnet.runtime.measure.plan import PRECISIONS
+    from deepfusionnet.runtime.measure.plot import plot_frontier
+    from deepfusionnet.runtime.measure.report import machine_markdown, markdown_table
+    from deepfusionnet.runtime.sizes import parse_size
 
     precisions = list(PRECISIONS) if args.precision == "all" else _list(args.precision)
-    sizes = [parse_size(s) for s in _list(args.size)]
+    sizes = [parse_size(s, minimum=8) for s in _list(args.size)]
     pairs = None
     if args.quality:
-        from deepfusionnet.runtime.pairs import find_pairs
+        from deepfusionnet.runtime.measure.pairs import find_pairs
 
         pairs = find_pairs(args.quality)[: args.quality_limit or None]
 

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         done()
     if args.json:
-        from deepfusionnet.cli import emit_json
+        from deepfusionnet.output import emit_json
 
         emit_json(result)
     gpu = result["gpu"].get("name", "unknown GPU")

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"polygraphy lint: {v.line()}", file=sys.stderr)
         print(f"polygraphy lint: {'FAIL' if errors(lint_found) else 'PASS'}", file=sys.stderr)
     if args.json:
-        from deepfusionnet.cli import emit_json
+        from deepfusionnet.output import emit_json
 
         emit_json(report)
     failed = [t for t in targets if any(v["severity"] == "error" for v in report["targets"][t])]

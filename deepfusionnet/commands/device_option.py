@@ -18,10 +18,13 @@ def add_device_argument(p: argparse.ArgumentParser) -> None:
 
 
 def torch_device_options(device: str | None, backend: str) -> dict:
-    """``{"device": device}`` for the torch backend; nothing when ``--device`` was not given."""
+    """``{"device": device}`` for a backend that takes a device (the torch backend; its registry entry
+    says so); nothing when ``--device`` was not given."""
+    from deepfusionnet.runtime.backends.base import BACKENDS
+
     if device is None:
         return {}
-    if backend != "torch":
+    if not (backend in BACKENDS and BACKENDS[backend].device):
         raise DFNError(f"--device {device} places the torch backend, and {backend} runs this model; "
                        "add --backend torch (other backends choose their own device)")
     return {"device": device}

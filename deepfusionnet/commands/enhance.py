@@ -21,7 +21,13 @@ import argparse
 
 from deepfusionnet.commands.device_option import add_device_argument, torch_device_options
 
-BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
+
+def backend_choices() -> tuple[str, ...]:
+    """``--backend`` of enhance and eval: ``auto`` and every backend in the registry
+    (:data:`deepfusionnet.runtime.backends.base.BACKENDS`)."""
+    from deepfusionnet.runtime.backends.base import backend_names
+
+    return ("auto", *backend_names(cli=True))
 
 
 def add_tta_argument(p: argparse.ArgumentParser) -> None:
@@ -31,13 +37,21 @@ def add_tta_argument(p: argparse.ArgumentParser) -> None:
                         "of each frame, at N x the time (--tta alone: 8; default 1, one pass)")
 
 
+def add_gate_argument(p: argparse.ArgumentParser) -> None:
+    """``--exposure-gate on|off``, shared by enhance and eval (``runtime.gate``)."""
+    p.add_argument("--exposure-gate", choices=("on", "off"), default="on",
+                   help="keep the input where it is already well exposed: well-lit frames pass through, "
+                        "lamps and bright skies keep their colours (default on; off: the network's output "
+                        "everywhere)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, videos or live source URIs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder; or a file, display://0 or pipeline when there is a single input")
     p.add_argument("--model", default="deepfusionnet", metavar="NAME|PATH",
                    help="shipped model name or a .onnx/.xml/.engine/.safetensors file (default: %(default)s)")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+    p.add_argument("--backend", default="auto", choices=backend_choices(),
                    help="inference engine (default: auto = the fastest one available for the model)")
     add_device_argument(p)
     p.add_argument("--upscale", type=int, default=1, choices=(1, 2),
@@ -50,6 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="process frames larger than N pixels on a side in overlapping N x N tiles "
                         "(default 1024; 0 = never tile)")
     add_tta_argument(p)
+    add_gate_argument(p)
+    p.add_argument("--smooth", choices=("on", "off"), default="on",
+                   help="videos and cameras: follow a moving average of the output's brightness, reset at "
+                        "scene cuts, so noise cannot make it pump from frame to frame (default on; images "
+                        "are never smoothed)")
     p.add_argument("--overlap", type=int, default=32, metavar="PX", help="tile overlap (default: %(default)s)")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop a video or camera after N frames")
@@ -105,73 +124,84 @@ def _walk_folder(root, out_resolved):
         yield path, problem
 
 
-def _plan(args, log):
-    """-> (image tasks [(src, dst)], stream tasks [(source, sink Location)], failures, skipped, single,
-    ignored: files in input folders that are not inputs, as Failure records)."""
+def _plan_single(args, loc, sink):
+    """One input to one file or stream output: -> (images, streams, the output's folder or None)."""
     from pathlib import Path
 
     from deepfusionnet.errors import DFNError
+
+    if sink.kind == "image":
+        if loc.kind != "image":
+            raise DFNError(f"-o {args.output}: an image file, but {loc.text} is a {loc.kind}; "
+                           "use a video file name or a folder")
+        images, streams = [(loc.path, Path(sink.target))], []
+    else:
+        if loc.kind == "image":
+            raise DFNError(f"-o {args.output}: a {sink.kind}, but {loc.text} is an image; "
+                           "use an image file name or a folder")
+        images, streams = [], [(loc, sink)]
+    return images, streams, Path(sink.target).parent if sink.kind in ("image", "video") else None
+
+
+def _plan_tree(loc, out_folder, prefix, out_resolved, plan) -> None:
+    """A folder input, recursively (hidden files and the output folder itself left out), into ``plan``."""
+    from deepfusionnet.errors import DFNError
     from deepfusionnet.runtime.images import IMAGE_SUFFIXES
     from deepfusionnet.runtime.sources import Failure
-    from deepfusionnet.runtime.uris import VIDEO_SUFFIXES, Location, parse_sink, parse_source
+    from deepfusionnet.runtime.uris import VIDEO_SUFFIXES, Location
 
-    locs = [parse_source(text) for text in args.inputs]
-    sink = parse_sink(args.output)
-    single = len(locs) == 1 and locs[0].kind != "folder"
-    failures: list = []
-    ignored: list = []
-    images: list[tuple[Path, Path]] = []
-    streams: list[tuple[Location, Location]] = []
+    root = loc.path
+    if root.resolve() == out_resolved:
+        raise DFNError(f"{loc.text}: refusing to overwrite the inputs with their outputs "
+                       "(-o is the input folder; choose another)")
+    for path, problem in _walk_folder(root, out_resolved):
+        rel = path.relative_to(root)
+        suffix = path.suffix.lower()
+        if problem:  # a would-be input that cannot be read fails the batch; the rest is listed
+            where = plan["failures"] if _looks_like_input(path) else plan["ignored"]
+            where.append(Failure(str(path), problem))
+        elif suffix in IMAGE_SUFFIXES:
+            plan["images"].append((path, out_folder / prefix / rel))
+        elif suffix in VIDEO_SUFFIXES:
+            plan["streams"].append((Location("video", str(path), str(path)),
+                                    Location("video", str(out_folder / prefix / rel), "")))
 
-    if sink.kind != "folder":
-        if not single:
-            what = f"{locs[0].text} is a folder" if len(locs) == 1 else f"{len(locs)} inputs"
-            raise DFNError(f"-o {args.output}: {what}; that needs an output folder, not a single {sink.kind}")
-        loc = locs[0]
-        if sink.kind == "image":
-            if loc.kind != "image":
-                raise DFNError(f"-o {args.output}: an image file, but {loc.text} is a {loc.kind}; "
-                               "use a video file name or a folder")
-            images.append((loc.path, Path(sink.target)))
+
+def _plan_folder(args, locs, sink) -> dict:
+    """Every input into the output folder: -> {images, streams, failures, ignored}."""
+    from pathlib import Path
+
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.uris import Location
+
+    out_folder = Path(sink.target)
+    if out_folder.exists() and not out_folder.is_dir():
+        raise DFNError(f"-o {args.output}: exists and is not a folder")
+    out_resolved = out_folder.resolve()
+    plan: dict = {"images": [], "streams": [], "failures": [], "ignored": []}
+    for loc in locs:
+        if loc.kind == "image":
+            plan["images"].append((loc.path, out_folder / loc.path.name))
+        elif loc.kind == "video":
+            plan["streams"].append((loc, Location("video", str(out_folder / loc.path.name), "")))
+        elif loc.live:
+            plan["streams"].append((loc, Location("video", str(out_folder / f"{loc.stem()}.mp4"), "")))
         else:
-            if loc.kind == "image":
-                raise DFNError(f"-o {args.output}: a {sink.kind}, but {loc.text} is an image; "
-                               "use an image file name or a folder")
-            streams.append((loc, sink))
-        out_folder = Path(sink.target).parent if sink.kind in ("image", "video") else None
-    else:
-        out_folder = Path(sink.target)
-        if out_folder.exists() and not out_folder.is_dir():
-            raise DFNError(f"-o {args.output}: exists and is not a folder")
-        out_resolved = out_folder.resolve()
-        many = len(locs) > 1
-        for loc in locs:
-            if loc.kind == "image":
-                images.append((loc.path, out_folder / loc.path.name))
-            elif loc.kind == "video":
-                streams.append((loc, Location("video", str(out_folder / loc.path.name), "")))
-            elif loc.live:
-                streams.append((loc, Location("video", str(out_folder / f"{loc.stem()}.mp4"), "")))
-            else:  # folder: recursive, hidden files and the output folder itself left out
-                root = loc.path
-                if root.resolve() == out_resolved:
-                    raise DFNError(f"{loc.text}: refusing to overwrite the inputs with their outputs "
-                                   "(-o is the input folder; choose another)")
-                prefix = Path(root.resolve().name) if many else Path()
-                for path, problem in _walk_folder(root, out_resolved):
-                    rel = path.relative_to(root)
-                    suffix = path.suffix.lower()
-                    if problem:  # a would-be input that cannot be read fails the batch; the rest is listed
-                        (failures if _looks_like_input(path) else ignored).append(Failure(str(path), problem))
-                    elif suffix in IMAGE_SUFFIXES:
-                        images.append((path, out_folder / prefix / rel))
-                    elif suffix in VIDEO_SUFFIXES:
-                        streams.append((Location("video", str(path), str(path)),
-                                        Location("video", str(out_folder / prefix / rel), "")))
-        if not images and not streams and not failures:
-            raise DFNError(f"{', '.join(args.inputs)}: no images or videos found")
+            prefix = Path(loc.path.resolve().name) if len(locs) > 1 else Path()
+            _plan_tree(loc, out_folder, prefix, out_resolved, plan)
+    if not plan["images"] and not plan["streams"] and not plan["failures"]:
+        raise DFNError(f"{', '.join(args.inputs)}: no images or videos found")
+    return plan
 
-    # Safety: never overwrite an input, never leave the output folder, never write one file twice.
+
+def _safe_outputs(images, streams, out_folder, in_folder: bool, failures: list):
+    """Never overwrite an input, never leave the output folder, never write one file twice:
+    -> (images, streams) that pass; outputs outside the folder are added to ``failures``."""
+    from pathlib import Path
+
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.sources import Failure
+
     seen: dict[Path, str] = {}
     safe_images, safe_streams = [], []
     for kind, src, dst in [("image", s, d) for s, d in images] + [("stream", s, d) for s, d in streams]:
@@ -184,7 +214,7 @@ def _plan(args, log):
         src_path = Path(src) if kind == "image" else (src.path if src.kind == "video" else None)
         if src_path is not None and src_path.resolve() == resolved:
             raise DFNError(f"{src_name}: refusing to overwrite the input with its output (choose another -o)")
-        if out_folder is not None and sink.kind == "folder":
+        if out_folder is not None and in_folder:
             base = out_folder.resolve()
             if resolved != base and base not in resolved.parents:
                 failures.append(Failure(src_name, f"output path {dst_path} would leave the output folder"))
@@ -197,20 +227,53 @@ def _plan(args, log):
             safe_images.append((src, dst_path))
         else:
             safe_streams.append((src, dst))
+    return safe_images, safe_streams
 
+
+def _skip_existing(images, streams, log):
+    """--skip-existing: -> (images, streams, skipped output names) without the inputs already done."""
+    from pathlib import Path
+
+    skipped = [str(dst) for _, dst in images if dst.exists()]
+    images = [(src, dst) for src, dst in images if not dst.exists()]
+
+    def done(src, dst) -> bool:  # a live recording is never "done"
+        return dst.kind == "video" and not src.live and Path(dst.target).exists()
+
+    skipped += [dst.target for src, dst in streams if done(src, dst)]
+    streams = [(src, dst) for src, dst in streams if not done(src, dst)]
+    if skipped:
+        log(f"skipping {len(skipped)} input(s) whose output exists (--skip-existing)")
+    return images, streams, skipped
+
+
+def _plan(args, log):
+    """-> (image tasks [(src, dst)], stream tasks [(source, sink Location)], failures, skipped, single,
+    ignored: files in input folders that are not inputs, as Failure records)."""
+    from pathlib import Path
+
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.uris import parse_sink, parse_source
+
+    locs = [parse_source(text) for text in args.inputs]
+    sink = parse_sink(args.output)
+    single = len(locs) == 1 and locs[0].kind != "folder"
+    failures: list = []
+    ignored: list = []
+    if sink.kind != "folder":
+        if not single:
+            what = f"{locs[0].text} is a folder" if len(locs) == 1 else f"{len(locs)} inputs"
+            raise DFNError(f"-o {args.output}: {what}; that needs an output folder, not a single {sink.kind}")
+        images, streams, out_folder = _plan_single(args, locs[0], sink)
+    else:
+        plan = _plan_folder(args, locs, sink)
+        images, streams, failures, ignored = plan["images"], plan["streams"], plan["failures"], plan["ignored"]
+        out_folder = Path(sink.target)
+    images, streams = _safe_outputs(images, streams, out_folder, sink.kind == "folder", failures)
     skipped: list[str] = []
     if args.skip_existing:
-        skipped = [str(dst) for _, dst in safe_images if dst.exists()]
-        safe_images = [(src, dst) for src, dst in safe_images if not dst.exists()]
-
-        def done(src, dst) -> bool:  # a live recording is never "done"
-            return dst.kind == "video" and not src.live and Path(dst.target).exists()
-
-        skipped += [dst.target for src, dst in safe_streams if done(src, dst)]
-        safe_streams = [(src, dst) for src, dst in safe_streams if not done(src, dst)]
-        if skipped:
-            log(f"skipping {len(skipped)} input(s) whose output exists (--skip-existing)")
-    return safe_images, safe_streams, failures, skipped, single, ignored
+        images, streams, skipped = _skip_existing(images, streams, log)
+    return images, streams, failures, skipped, single, ignored
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,24 +283,29 @@ def _plan(args, log):
 def choose_backend(model: str, backend: str, size=None, remeasure: bool = False) -> tuple[str, str, dict]:
     """(backend name, model, backend options) for ``--backend``; ``size`` is the frame's (H, W) if known.
 
-    ``auto`` asks :mod:`deepfusionnet.runtime.auto` for ONNX models (``remeasure``: measure again rather
-    than reuse its cached decision) and uses an engine file's or weights file's own backend otherwise.
+    ``auto`` asks :mod:`deepfusionnet.runtime.measure.auto` for ONNX models (``remeasure``: measure again
+    rather than reuse its cached decision) and uses the registry's backend for any other artifact kind.
     """
     if backend != "auto":
         return backend, model, {}
     from pathlib import Path
 
     from deepfusionnet.runtime.artifacts import resolve
+    from deepfusionnet.runtime.backends.base import unavailable
     from deepfusionnet.runtime.enhancer import backend_for
+    from deepfusionnet.runtime.measure.auto import choose_with_options
 
     artifact = resolve(model)
     if artifact.kind != "onnx":
-        return backend_for(artifact, "default"), model, {}
-    try:
-        from deepfusionnet.runtime.auto import choose_with_options
-    except ImportError:  # a build without runtime.auto: ONNX Runtime
-        return "onnxruntime", model, {}
-    # runtime.auto speaks (width, height).
+        name = backend_for(artifact, "default")
+        if artifact.kind == "weights" and unavailable(name):  # e.g. a seed model shipped as weights alone
+            from deepfusionnet.errors import DFNError
+
+            raise DFNError(f"{model}: PyTorch weights need the torch backend ({unavailable(name)}): "
+                           f"pip install 'deepfusionnet[train]', or export an ONNX graph once where torch is "
+                           f"installed (dfn export {model} -o {Path(str(model)).stem}.onnx) and run that")
+        return name, model, {}
+    # runtime.measure.auto speaks (width, height).
     choice = choose_with_options(model, (size[1], size[0]) if size else None, refresh=remeasure)
     # Keep a shipped name when auto picked its own file: the name carries the model's scale.
     same = Path(choice.path).resolve() == artifact.path.resolve()
@@ -266,7 +334,8 @@ def open_chain(args, size=None):
     remeasure = getattr(args, "remeasure", False)
     backend, model, options = choose_backend(args.model, args.backend, size, remeasure)
     options = {**options, **torch_device_options(args.device, backend)}
-    enhancer = open_enhancer(model, backend, tile=tile, overlap=args.overlap, tta=args.tta, **options)
+    gate = getattr(args, "exposure_gate", "on") == "on"
+    enhancer = open_enhancer(model, backend, tile=tile, overlap=args.overlap, tta=args.tta, gate=gate, **options)
     sr = None
     if args.upscale == 2 or args.fast:
         try:
@@ -296,7 +365,7 @@ class _Status:
         import sys
         import time
 
-        from deepfusionnet.runtime.pipeline import FpsMeter
+        from deepfusionnet.runtime.stream import FpsMeter
 
         self.name, self.meter, self.time = name, FpsMeter(), time
         self.tty = sys.stderr.isatty()
@@ -354,15 +423,15 @@ def _open_stream_sink(dst, fps: float):
     return VideoFileSink(dst.target, fps)
 
 
-def _run_stream(source, dst, process, stop, name: str):
+def _enhance_stream(source, dst, process, stop, name: str):
     """One video or live source through ``process`` into ``dst``: -> (stats, sink)."""
-    from deepfusionnet.runtime.pipeline import run_pipeline
+    from deepfusionnet.runtime.stream import run_stream
 
     sink = _open_stream_sink(dst, source.fps)
     status = _Status(name) if source.live else None
     bar = None if source.live else _progress(source.length, "frame", name)
     try:
-        stats = run_pipeline(source, process, sink, live=source.live, stop=stop,
+        stats = run_stream(source, process, sink, live=source.live, stop=stop,
                              on_write=(lambda f: bar.update()) if bar else None, on_frame=status)
     except KeyboardInterrupt:
         sink.close()  # a second Ctrl-C: still a playable file with what was written
@@ -384,119 +453,165 @@ def _strip_name(exc: Exception, name: str) -> str:
     return text[len(name) + 2:] if text.startswith(name + ": ") else text
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
-    import threading
-    import time
-
-    from deepfusionnet.cli import emit_json
+def _check_arguments(args) -> None:
+    """The option combinations the parser cannot check, before any file is read or model loaded."""
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.pipeline import run_pipeline, stop_on_sigint
-    from deepfusionnet.runtime.sinks import ImageFileSink
-    from deepfusionnet.runtime.sources import Failure, ImageListSource, open_source
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
     if args.fast and args.upscale == 2:
         raise DFNError("--fast and --upscale 2 together would need a 4x model; pick one")
     if args.max_frames is not None and args.max_frames < 1:
         raise DFNError(f"--max-frames {args.max_frames}: must be at least 1")
-    check_tiling(args)  # before any file is read or model loaded, like the options' own ranges
-    images, streams, failures, skipped, single, ignored = _plan(args, log)
-    outputs: list[str] = []
-    frames = dropped = 0
-    busy = 0.0
-    chain = None
-    stop = threading.Event()
-    started = time.monotonic()
+    check_tiling(args)  # like the options' own ranges
 
-    def get_chain(size=None):
-        nonlocal chain
-        if chain is None:
-            chain = open_chain(args, size)
-        return chain
 
-    def fail(name: str, reason: str) -> None:
-        if single:  # one explicit input: its failure is the run's error
+class _Batch:
+    """One ``dfn enhance`` run over its planned images and streams: the chain (opened on first use, at
+    the first frame's size for ``auto``), the outputs and the running totals."""
+
+    def __init__(self, args, single: bool, failures: list, log) -> None:
+        import threading
+
+        self.args, self.single, self.failures, self.log = args, single, failures, log
+        self.outputs: list[str] = []
+        self.frames = self.dropped = 0
+        self.busy = 0.0
+        self.chain = None
+        self.stop = threading.Event()
+
+    def get_chain(self, size=None):
+        if self.chain is None:
+            self.chain = open_chain(self.args, size)
+        return self.chain
+
+    def fail(self, name: str, reason: str) -> None:
+        from deepfusionnet.errors import DFNError
+        from deepfusionnet.runtime.sources import Failure
+
+        if self.single:  # one explicit input: its failure is the run's error
             raise DFNError(f"{name}: {reason}")
-        failures.append(Failure(name, reason))
+        self.failures.append(Failure(name, reason))
 
+    def run_images(self, images) -> None:
+        from deepfusionnet.runtime.sinks import ImageFileSink
+        from deepfusionnet.runtime.sources import ImageListSource
+        from deepfusionnet.runtime.stream import run_stream
+
+        process = self.get_chain(_image_size(images[0][0]))
+        sink = ImageFileSink()
+        bar = _progress(len(images), "img", "enhance")
+        try:
+            stats = run_stream(ImageListSource(images, self.args.max_pixels), process, sink, live=False,
+                               stop=self.stop, per_item_errors=True, on_write=lambda f: bar.update())
+        finally:
+            bar.close()
+        self.outputs += sink.outputs
+        self.frames, self.busy = self.frames + stats.processed, self.busy + stats.seconds
+        for f in stats.failures:
+            self.fail(f.name, f.reason)
+
+    def run_stream(self, loc, dst) -> None:
+        from deepfusionnet.errors import DFNError
+        from deepfusionnet.runtime.sources import open_source
+        from deepfusionnet.runtime.temporal import smoothed
+
+        args = self.args
+        try:
+            source = open_source(loc, loop=args.loop, max_frames=args.max_frames, reconnect=args.reconnect)
+        except DFNError as exc:
+            return self.fail(loc.text, _strip_name(exc, loc.text))
+        try:
+            chain = self.get_chain(getattr(source, "size", None))
+            process = smoothed(chain) if args.smooth == "on" else chain
+            stats, sink = _enhance_stream(source, dst, process, self.stop,
+                                          loc.path.name if loc.kind == "video" else loc.text)
+        except DFNError as exc:
+            return self.fail(loc.text, _strip_name(exc, loc.text))
+        finally:
+            source.close()
+        self.outputs += sink.outputs
+        self.frames, self.busy = self.frames + stats.processed, self.busy + stats.seconds
+        self.dropped += stats.dropped
+        if stats.written == 0 and not self.stop.is_set():
+            self.fail(loc.text, "no frame could be processed")
+        if getattr(source, "lost", False):
+            self.log(f"{loc.text}: source lost; kept {stats.written} frames in "
+                     f"{', '.join(sink.outputs) or 'no file'}")
+
+    def close(self) -> None:
+        if self.chain is not None:
+            self.chain.close()
+
+
+def _summary(batch: _Batch, skipped: list, interrupted: bool) -> tuple[str, float | None]:
+    """The last stderr line, and the frame rate it states (None when nothing ran)."""
+    summary = f"{len(batch.outputs)} output(s) written"
+    if batch.failures:
+        summary += f", {len(batch.failures)} failed"
+    if skipped:
+        summary += f", {len(skipped)} skipped"
+    fps = batch.frames / batch.busy if batch.frames and batch.busy > 0 else None
+    if fps:
+        summary += f"; {fps:.1f} frames/s"
+    if batch.dropped:
+        summary += f", {batch.dropped} live frames dropped"
+    return summary + (" (interrupted)" if interrupted else ""), fps
+
+
+def _json_record(args, batch: _Batch, skipped, ignored, fps, seconds: float, interrupted: bool) -> dict:
+    chain = batch.chain
+    return {
+        "inputs": list(args.inputs),
+        "outputs": batch.outputs,
+        "failures": [f.to_json() for f in batch.failures],
+        "skipped": skipped,
+        "ignored": [f.to_json() for f in ignored],
+        "backend": chain.enhancer.backend.name if chain else None,
+        "model": str(chain.enhancer.artifact.path) if chain else None,
+        "sr_model": str(chain.sr.artifact.path) if chain and chain.sr else None,
+        "mode": "fast" if args.fast else ("upscale" if args.upscale == 2 else "enhance"),
+        "tta": args.tta,
+        "frames": batch.frames,
+        "dropped": batch.dropped,
+        "fps": round(fps, 3) if fps else None,
+        "seconds": round(seconds, 3),
+        "interrupted": interrupted,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from deepfusionnet.output import emit_json
+    from deepfusionnet.runtime.stream import stop_on_sigint
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    _check_arguments(args)
+    images, streams, failures, skipped, single, ignored = _plan(args, log)
+    batch = _Batch(args, single, failures, log)
+    started = time.monotonic()
     try:
-        with stop_on_sigint(stop, log) as sig:
+        with stop_on_sigint(batch.stop, log) as sig:
             if images:
-                process = get_chain(_image_size(images[0][0]))
-                sink = ImageFileSink()
-                bar = _progress(len(images), "img", "enhance")
-                try:
-                    stats = run_pipeline(ImageListSource(images, args.max_pixels), process, sink, live=False,
-                                         stop=stop, per_item_errors=True, on_write=lambda f: bar.update())
-                finally:
-                    bar.close()
-                outputs += sink.outputs
-                frames, busy = frames + stats.processed, busy + stats.seconds
-                for f in stats.failures:
-                    fail(f.name, f.reason)
+                batch.run_images(images)
             for loc, dst in streams:
-                if stop.is_set():
+                if batch.stop.is_set():
                     break
-                try:
-                    source = open_source(loc, loop=args.loop, max_frames=args.max_frames, reconnect=args.reconnect)
-                except DFNError as exc:
-                    fail(loc.text, _strip_name(exc, loc.text))
-                    continue
-                try:
-                    stats, sink = _run_stream(source, dst, get_chain(getattr(source, "size", None)), stop,
-                                              loc.path.name if loc.kind == "video" else loc.text)
-                except DFNError as exc:
-                    fail(loc.text, _strip_name(exc, loc.text))
-                    continue
-                finally:
-                    source.close()
-                outputs += sink.outputs
-                frames, busy, dropped = frames + stats.processed, busy + stats.seconds, dropped + stats.dropped
-                if stats.written == 0 and not stop.is_set():
-                    fail(loc.text, "no frame could be processed")
-                if getattr(source, "lost", False):
-                    log(f"{loc.text}: source lost; kept {stats.written} frames in {', '.join(sink.outputs) or 'no file'}")
-            interrupted = sig["fired"]
+                batch.run_stream(loc, dst)
+            interrupted = sig["signal"] is not None
     finally:
-        if chain is not None:
-            chain.close()
+        batch.close()
 
     for f in ignored:
         log(f"skipped: {f.name}: {f.reason}")
     for f in failures:
         log(f"failed: {f.name}: {f.reason}")
-    summary = f"{len(outputs)} output(s) written"
-    if failures:
-        summary += f", {len(failures)} failed"
-    if skipped:
-        summary += f", {len(skipped)} skipped"
-    fps = frames / busy if frames and busy > 0 else None
-    if fps:
-        summary += f"; {fps:.1f} frames/s"
-    if dropped:
-        summary += f", {dropped} live frames dropped"
-    log(summary + (" (interrupted)" if interrupted else ""))
+    summary, fps = _summary(batch, skipped, interrupted)
+    log(summary)
     if args.json:
-        emit_json({
-            "inputs": list(args.inputs),
-            "outputs": outputs,
-            "failures": [f.to_json() for f in failures],
-            "skipped": skipped,
-            "ignored": [f.to_json() for f in ignored],
-            "backend": chain.enhancer.backend.name if chain else None,
-            "model": str(chain.enhancer.artifact.path) if chain else None,
-            "sr_model": str(chain.sr.artifact.path) if chain and chain.sr else None,
-            "mode": "fast" if args.fast else ("upscale" if args.upscale == 2 else "enhance"),
-            "tta": args.tta,
-            "frames": frames,
-            "dropped": dropped,
-            "fps": round(fps, 3) if fps else None,
-            "seconds": round(time.monotonic() - started, 3),
-            "interrupted": interrupted,
-        })
+        emit_json(_json_record(args, batch, skipped, ignored, fps, time.monotonic() - started, interrupted))
     if interrupted:
         return 130
     return 2 if failures else 0

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 
 from deepfusionnet.commands.device_option import add_device_argument, torch_device_options
-from deepfusionnet.commands.enhance import add_tta_argument
-
-BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "tensorrt", "torch")
+from deepfusionnet.commands.enhance import add_gate_argument, add_tta_argument, backend_choices
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "(none, gamma, clahe, he, msrcr, lime; bicubic, lanczos for SR)")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="pairs: low/ + high/ (or LOL-v1 eval15/our485, LOL-v2 Test/Low + Normal)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+    p.add_argument("--backend", choices=backend_choices(), default="auto",
                    help="inference backend (default: auto, as dfn enhance picks it; "
                         "the output names what ran)")
     add_device_argument(p)
@@ -37,40 +35,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the SR degradation (default 0)")
     p.add_argument("--tile", type=int, default=1024, help="tile size for large frames (default 1024)")
     add_tta_argument(p)
+    add_gate_argument(p)
+    p.add_argument("--robustness", action="store_true",
+                   help="also feed the normal-light images as inputs (PSNR of output vs input, newly clipped and "
+                        "hue-shifted pixels) and measure video flicker on noisy clips of the low-light images, "
+                        "without and with the brightness smoother")
     p.add_argument("--sheet", metavar="FILE.png", help="write a before / after / ground-truth contact sheet")
     p.add_argument("--sheet-width", type=int, default=240, metavar="PX", help="thumbnail width in the sheet")
 
 
 def _choose(model: str, backend: str) -> tuple[str, str, dict]:
     """``(backend, model, options)`` for ``--backend``: ``auto`` is exactly what ``dfn enhance`` picks
-    (runtime/auto.py: the fastest gated backend and precision; the JSON names the artifact and
-    precision actually scored). A shipped name whose ONNX is not there yet falls back to torch."""
-    import importlib.util
-    import sys
-
+    (runtime/measure/auto.py: the fastest gated backend and precision; the JSON names the artifact and
+    precision actually scored). A shipped name whose ONNX is not there yet falls back to the weights'
+    backend (torch) when it can run here."""
+    from deepfusionnet.commands.enhance import choose_backend
     from deepfusionnet.runtime.artifacts import SHIPPED, shipped_path
+    from deepfusionnet.runtime.backends.base import default_backend, unavailable
 
     if backend != "auto":
         return backend, model, {}
-    if "torch" in sys.modules:  # None there means blocked
-        has_torch = sys.modules["torch"] is not None
-    else:
-        has_torch = importlib.util.find_spec("torch") is not None
-    if model in SHIPPED and has_torch and not shipped_path(model, "onnx").is_file() \
+    weights_backend = default_backend("weights")
+    if model in SHIPPED and unavailable(weights_backend) is None and not shipped_path(model, "onnx").is_file() \
             and shipped_path(model, "weights").is_file():
-        return "torch", model, {}
-    try:
-        from deepfusionnet.commands.enhance import choose_backend
-    except ImportError:  # a build without dfn enhance's chooser: the artifact's own backend
-        return "default", model, {}
+        return weights_backend, model, {}
     return choose_backend(model, "auto")
 
 
-def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1, device: str | None = None):
+def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1, device: str | None = None,
+               gate: bool = True):
     """``(callable model, description dict)`` for a baseline or any artifact on ``backend`` (the torch
     backend on ``device``)."""
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.baselines import get_baseline, is_baseline
+    from deepfusionnet.runtime.measure.baselines import get_baseline, is_baseline
 
     if is_baseline(model):
         if tta != 1:
@@ -87,21 +84,51 @@ def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1
 
     name, target, options = _choose(model, backend)
     options = {**options, **torch_device_options(device, name)}
-    enh = open_enhancer(target, name, tile=tile, tta=tta, **options)
+    enh = open_enhancer(target, name, tile=tile, tta=tta, gate=gate, **options)
     a = enh.artifact
     return enh, {"model": a.model, "artifact": str(a.path), "backend": enh.backend.name,
                  "precision": a.precision, "backend_options": options, "tta": tta,
+                 "exposure_gate": "on" if enh.gate is not None else "off",
                  "exposure": asdict(a.exposure) if a.exposure is not None else None}
+
+
+def robustness(model, pairs: list, clips: int = 2) -> dict:
+    """``--robustness``: well-exposed inputs (the pairs' normal-light images) and flicker on clips of the
+    first ``clips`` low-light images (runtime/measure/robustness.py)."""
+    from deepfusionnet.runtime.measure.robustness import flicker, tiling_agreement, well_exposed
+
+    report = {"well_exposed": well_exposed(model, [hp for _, hp in pairs])}
+    if hasattr(model, "run_tensor"):  # a network (not a classical baseline): video flicker
+        report["flicker"] = flicker(model.run_tensor, [lp for lp, _ in pairs[:clips]])["summary"]
+    if hasattr(model, "tile") and model.scale == 1:  # one enhancement model: do tiles agree with the whole?
+        report["tiling_psnr_db"] = tiling_agreement(model, pairs[0][0])
+    return report
+
+
+def _print_robustness(report: dict) -> None:
+    import sys
+
+    w = report["well_exposed"]
+    print(f"  well-exposed inputs ({w['images']}): output vs input PSNR min {w['psnr_vs_input_min']:.2f} dB, "
+          f"median {w['psnr_vs_input_median']:.2f} dB ({w['unchanged']} unchanged); newly clipped "
+          f"{w['clipped_fraction']:.2%}, hue-shifted {w['hue_shifted_fraction']:.2%}", file=sys.stderr)
+    for size, db in report.get("tiling_psnr_db", {}).items():
+        print(f"  2 x 2 tiles vs the whole frame at {size}: {db:.2f} dB", file=sys.stderr)
+    for name, f in report.get("flicker", {}).items():
+        noise = (f", temporal noise {f['temporal_noise_in']:.3f} -> {f['temporal_noise_out']:.3f}"
+                 if f["temporal_noise_in"] is not None else "")
+        print(f"  flicker, {name} clips: brightness {f['brightness_flicker_in']:.4f} -> "
+              f"{f['brightness_flicker_out']:.4f}{noise}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from deepfusionnet.cli import emit_json
+    from deepfusionnet.output import emit_json
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.evaluate import evaluate
+    from deepfusionnet.runtime.measure.evaluate import evaluate
     from deepfusionnet.runtime.images import is_image_path
-    from deepfusionnet.runtime.pairs import find_pairs
+    from deepfusionnet.runtime.measure.pairs import find_pairs
 
     pairs = find_pairs(args.data)
     if args.limit < 0:
@@ -110,10 +137,11 @@ def run(args: argparse.Namespace) -> int:
         pairs = pairs[: args.limit]
     if args.sheet and not is_image_path(args.sheet):
         raise DFNError(f"{args.sheet}: the contact sheet needs an image suffix (.png)")
-    model, desc = open_model(args.model, args.backend, args.tile, args.tta, args.device)
+    model, desc = open_model(args.model, args.backend, args.tile, args.tta, args.device,
+                             args.exposure_gate == "on")
     sheet = None
     if args.sheet:
-        from deepfusionnet.runtime.sheet import ContactSheet
+        from deepfusionnet.runtime.measure.sheet import ContactSheet
 
         sheet = ContactSheet(args.sheet_width, title=args.model)
 
@@ -129,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
               f"from {args.data} (protocol {args.protocol})", file=sys.stderr)
     try:
         result = evaluate(model, pairs, args.protocol, args.seed, on_image)
+        robust = robustness(model, pairs) if args.robustness else None
     finally:
         model.close()
     for f in result.failed:
@@ -137,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise DFNError(f"{args.data}: no pair could be scored ({len(result.failed)} failed)")
     if sheet is not None:
         sheet.write(args.sheet)
-    out = {**desc, "data": str(args.data), **result.to_json()}
+    out = {**desc, "data": str(args.data), **result.to_json(), **({"robustness": robust} if robust else {})}
     if args.json:
         emit_json(out)
     else:
@@ -148,4 +177,6 @@ def run(args: argparse.Namespace) -> int:
                   f"SSIM {out['gt_mean']['ssim']:.4f}", file=sys.stderr)
         if sheet is not None:
             print(f"  contact sheet: {args.sheet}", file=sys.stderr)
+        if robust:
+            _print_robustness(robust)
     return 2 if result.failed else 0

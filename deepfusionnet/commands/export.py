@@ -22,11 +22,14 @@ import argparse
 
 
 def _size(text: str) -> tuple[int, int]:
+    """``--size WxH`` as argparse wants it (runtime.sizes.parse_size; its error as a usage error)."""
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.sizes import parse_size
+
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 640x480, not {text!r}") from None
-    return w, h
+        return parse_size(text)
+    except DFNError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
     require("torch", "export")
     require("onnx", "export")
-    from deepfusionnet.cli import emit_json
+    from deepfusionnet.output import emit_json
     from deepfusionnet.export.pipeline import ExportOptions, export_model
 
-    say = (lambda s: print(s, file=sys.stderr))
+    def say(s: str) -> None:
+        print(s, file=sys.stderr)
+
     opts = ExportOptions(
         precision=args.precision, size=None if args.dynamic else args.size, opset=args.opset,
         exporter=args.exporter, simplify=not args.no_simplify,

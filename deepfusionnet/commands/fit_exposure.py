@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from deepfusionnet.cli import emit_json
+    from deepfusionnet.output import emit_json
     from deepfusionnet.errors import DFNError, require
 
     require("torch", "train")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if source.model != "deepfusionnet":
         raise DFNError(f"{source.path}: exposure calibration is for the enhancer, not {source.model}")
     options = {"threads": args.threads} if args.threads else {}
-    enh = open_enhancer(str(source.path), "torch", **options)
+    enh = open_enhancer(str(source.path), "torch", gate=False, **options)  # fits the network's own output
     pairs = D.load_pairs(args.data)
     train_idx, val_idx = D.split_validation(pairs, args.val_count, args.seed, args.val_group)
     if len(train_idx) < 8:

@@ -24,19 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: torch if installed)")
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"600x400"`` -> ``(600, 400)`` (width, height)."""
-    from deepfusionnet.errors import DFNError
-
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise DFNError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 600x400") from None
-    if w < 1 or h < 1 or w * h > 200_000_000:
-        raise DFNError(f"--size {text!r}: out of range")
-    return w, h
-
-
 def torch_stats(module, height: int, width: int) -> tuple[int, int, tuple[int, ...]]:
     """``(parameters, conv MACs, output shape)`` of a torch module for a ``(1, 3, H, W)`` input, by
     forward hooks on every Conv2d: output elements x (Cin / groups) x kH x kW.
@@ -92,9 +79,9 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
     from pathlib import Path
 
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.artifacts import SHIPPED, resolve, shipped_path
-    from deepfusionnet.runtime.macs import (file_sha256, onnx_conv_macs, onnx_params, read_onnx_summary,
-                                            safetensors_params)
+    from deepfusionnet.runtime.artifacts import SHIPPED, file_sha256, resolve, shipped_path
+    from deepfusionnet.runtime.measure.macs import (onnx_conv_macs, onnx_params, read_onnx_summary,
+                                                    safetensors_params)
 
     has_torch = _available("torch")
     if model in SHIPPED:
@@ -140,7 +127,7 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
     elif art.kind == "onnx":
         summary = read_onnx_summary(art.path)
         counted, elements = onnx_params(summary)
-        declared = art.sidecar.get("params") or summary.metadata.get("dfn.params")
+        declared = art.sidecar.params or summary.metadata.get("dfn.params")
         if declared:
             rec.update(params=int(declared), params_source="recorded at export (torch parameters())")
         else:
@@ -155,13 +142,13 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
             from deepfusionnet.runtime.backends.tensorrt import verify_engine
 
             rec["engine_check"] = verify_engine(Path(art.path), sc)
-        rec.update(params=sc.get("params"), params_source="sidecar" if sc.get("params") else None,
+        rec.update(params=sc.params, params_source="sidecar" if sc.params else None,
                    macs_note="not measured for this artifact kind; run dfn info on the source ONNX")
-        rec["inputs"], rec["outputs"] = sc.get("inputs", []), sc.get("outputs", [])
-        if not sc:
+        rec["inputs"], rec["outputs"] = sc.inputs or [], sc.outputs or []
+        if sc.empty:
             rec["note"] = f"no sidecar {art.path}.json beside the file; only the hash is known"
         else:
-            rec["sidecar"] = sc
+            rec["sidecar"] = sc.to_dict()
     if rec["macs"] is not None:
         rec["gmacs"] = round(rec["macs"] / 1e9, 3)
     rec["output_size"] = [width * art.scale, height * art.scale]  # padding is cropped off again
@@ -205,9 +192,10 @@ def _table(rec: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from deepfusionnet.cli import emit_json
+    from deepfusionnet.output import emit_json
+    from deepfusionnet.runtime.sizes import parse_size
 
-    w, h = parse_size(args.size)
+    w, h = parse_size(args.size, what="--size")
     rec = describe(args.model, w, h, args.via)
     if args.json:
         emit_json(rec)

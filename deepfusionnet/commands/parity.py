@@ -39,11 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from deepfusionnet.cli import emit_json
+    from deepfusionnet.output import emit_json
     from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.compare import compare_models
+    from deepfusionnet.runtime.measure.compare import compare_models
 
-    say = (lambda s: print(s, file=sys.stderr))
+    def say(s: str) -> None:
+        print(s, file=sys.stderr)
+
     try:
         report = compare_models(args.reference, args.candidate, args.data, args.precision, args.limit or None,
                                 args.backend_ref, args.backend, args.threads, progress=say,

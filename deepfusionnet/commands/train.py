@@ -19,8 +19,8 @@ def add_val_group_argument(p: argparse.ArgumentParser) -> None:
     """--val-group, shared with fit-exposure; the choices are train.data.VAL_GROUPS (not imported here:
     that module pulls in OpenCV at --help time)."""
     p.add_argument("--val-group", choices=["scene", "image"], default="scene",
-                   help="hold out whole scenes (look-alike normal-light images together; default) or only "
-                        "pairs sharing one normal-light image (the only grouping before this option)")
+                   help="how validation pairs are held out: whole scenes (look-alike normal-light images "
+                        "together; default) or only pairs sharing one normal-light image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,11 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training crop (SR: the low-resolution side); 0: whole frames, so global pooling and "
                         "BatchNorm see what inference sees (enhancer)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "step"], default="constant",
+                   help="constant, cosine (to 1e-6), or step: x --lr-gamma every "
+                        "--lr-step-epochs epochs (the SID U-Net's StepLR)")
+    p.add_argument("--lr-step-epochs", type=int, default=10, help="with --lr-schedule step (default 10)")
+    p.add_argument("--lr-gamma", type=float, default=0.8, help="with --lr-schedule step (default 0.8)")
     p.add_argument("--ssim-weight", type=float, default=1.0, help="lambda in PIXEL + lambda*(1-SSIM)")
     # choices: train.losses.PIXEL_LOSSES, not imported here (the train package needs torch at --help time)
-    p.add_argument("--pixel-loss", choices=["mse", "charbonnier"], default="mse",
-                   help="pixel term of the loss: mse (the paper, default) or charbonnier (robust L1)")
+    p.add_argument("--pixel-loss", choices=["mse", "charbonnier", "l1"], default="mse",
+                   help="pixel term of the loss: mse (the paper, default), charbonnier (robust L1) or l1 (the seed "
+                        "U-Nets' loss)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="off",
                    help="CPU bf16 autocast (default off); auto: on only where the CPU has bf16 hardware (AVX512-BF16, "
                         "AMX, Arm), 1.5-1.6x faster at FP32's quality (docs/benchmarks.md); may change on --resume")
@@ -81,6 +86,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. dfn enhance --tta LOW -o DIR); validation still uses the ground truth")
     p.add_argument("--targets-mix", type=float, default=1.0, metavar="W",
                    help="teacher's share of the training target: (1-W)*ground truth + W*teacher (default 1)")
+    p.add_argument("--unpaired", action="store_true",
+                   help="train a CycleGAN (models with a discriminator: cyclegan-ema-aspp): the low- and "
+                        "normal-light images as two unpaired domains; validation stays paired")
+    p.add_argument("--unpaired-extra", default=None, metavar="DIR",
+                   help="with --unpaired: more low-light photos without ground truth (e.g. DICM/LIME)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
@@ -89,19 +99,27 @@ def run(args: argparse.Namespace) -> int:
     from deepfusionnet.errors import require
 
     require("torch", "train")
-    from deepfusionnet.cli import emit_json
+    from deepfusionnet.output import emit_json
     from deepfusionnet.train.trainer import TrainConfig, train
 
     cfg = TrainConfig(
         data=args.data, out=args.out or f"runs/{args.model}", model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
+        lr_step_epochs=args.lr_step_epochs, lr_gamma=args.lr_gamma,
         ssim_weight=args.ssim_weight, pixel_loss=args.pixel_loss, bf16=args.bf16, val_count=args.val_count,
         val_every=args.val_every, seed=args.seed, val_seed=args.val_seed, val_group=args.val_group,
         checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
         targets=args.targets, targets_mix=args.targets_mix, device=args.device, amp=args.amp,
-        workers=args.workers, compile=args.compile, log_every=args.log_every)
-    result = train(cfg, resume=args.resume)
+        workers=args.workers, compile=args.compile, log_every=args.log_every, unpaired=args.unpaired,
+        unpaired_extra=args.unpaired_extra)
+    if args.unpaired:
+        from deepfusionnet.train.unpaired import train_unpaired
+
+        cfg.validate()
+        result = train_unpaired(cfg, resume=args.resume)
+    else:
+        result = train(cfg, resume=args.resume)
     if args.json:
         emit_json(result)
     return 0

@@ -1,5 +1,6 @@
-"""Inference backends behind one contract; see :mod:`.base`."""
+"""Inference backends behind one contract, and the registry of them; see :mod:`.base`."""
 
-from deepfusionnet.runtime.backends.base import BACKENDS, Backend, TensorInfo, backend_names, load_backend
+from deepfusionnet.runtime.backends.base import (BACKENDS, Backend, BackendEntry, TensorInfo, backend_names,
+                                                 load_backend, register)
 
-__all__ = ["BACKENDS", "Backend", "TensorInfo", "backend_names", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendEntry", "TensorInfo", "backend_names", "load_backend", "register"]

@@ -35,6 +35,7 @@ from deepfusionnet.errors import DFNError, MissingExtraError
 from deepfusionnet.runtime.artifacts import file_sha256, read_sidecar
 from deepfusionnet.runtime.backends.base import TensorInfo
 from deepfusionnet.runtime.backends.cuda import CudaApi, CudaError, DeviceBuffer, HostBuffer, open_cuda
+from deepfusionnet.runtime.sidecar import Sidecar
 
 MIN_TRT_MAJOR = 10
 
@@ -111,31 +112,31 @@ def get_logger(trt: Any) -> Any:
     return _LOGGERS[key]
 
 
-def rebuild_command(engine: Path, sidecar: dict) -> str:
-    onnx = (sidecar.get("onnx") or {}).get("path") or "MODEL.onnx"
-    args = (sidecar.get("build") or {}).get("cli_args") or []
+def rebuild_command(engine: Path, sidecar: Sidecar) -> str:
+    onnx = (sidecar.onnx or {}).get("path") or "MODEL.onnx"
+    args = (sidecar.build or {}).get("cli_args") or []
     return " ".join(["dfn", "build", shlex.quote(str(onnx)), "-o", shlex.quote(str(engine)), *map(shlex.quote, args)])
 
 
-def check_engine_bytes(path: Path, sidecar: dict) -> bool:
+def check_engine_bytes(path: Path, sidecar: Sidecar) -> bool:
     """Fail in one line when ``path`` is not the plan its sidecar describes (size or sha256 differ).
 
     Returns whether the sidecar had a hash to check against (sidecars from before it was recorded do not).
     """
     size = path.stat().st_size
     redo = rebuild_command(path, sidecar)
-    recorded = sidecar.get("engine_bytes")
+    recorded = sidecar.engine_bytes
     if recorded is not None and int(recorded) != size:
         raise DFNError(f"{path}: {size} bytes but its sidecar recorded {recorded}: the engine is corrupt or was "
                        f"replaced; rebuild it: {redo}")
-    digest = sidecar.get("engine_sha256")
+    digest = sidecar.engine_sha256
     if digest and digest != file_sha256(path):
         raise DFNError(f"{path}: sha256 differs from its sidecar: the engine is corrupt or was replaced; "
                        f"rebuild it: {redo}")
     return bool(digest)
 
 
-def verify_engine(path: Path, sidecar: dict, trt: Any = None) -> str:
+def verify_engine(path: Path, sidecar: Sidecar, trt: Any = None) -> str:
     """Check, without a GPU where possible, that ``path`` is a usable plan; return how it was checked.
 
     TensorRT's plan format is not documented, so without the sidecar's hash the only real check is to
@@ -143,12 +144,12 @@ def verify_engine(path: Path, sidecar: dict, trt: Any = None) -> str:
     """
     if path.stat().st_size == 0:
         raise DFNError(f"{path}: empty file, not a TensorRT engine")
-    if sidecar and check_engine_bytes(path, sidecar):
+    if not sidecar.empty and check_engine_bytes(path, sidecar):
         return "sha256 matches the sidecar"
     try:
         trt = import_tensorrt(trt)
     except MissingExtraError:
-        if sidecar:
+        if not sidecar.empty:
             return "not verified (the sidecar records no engine hash and TensorRT is not installed)"
         raise DFNError(f"{path}: cannot check that this is a TensorRT engine: no sidecar {path}.json beside it "
                        f"and TensorRT is not installed here ({tensorrt_install_hint()})") from None
@@ -157,7 +158,7 @@ def verify_engine(path: Path, sidecar: dict, trt: Any = None) -> str:
     try:
         engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
     except Exception as exc:  # no CUDA device or driver: TensorRT cannot even try
-        if sidecar:
+        if not sidecar.empty:
             return f"not verified (TensorRT could not run here: {str(exc).strip()[:120]})"
         raise DFNError(f"{path}: cannot check that this is a TensorRT engine here and it has no sidecar "
                        f"({str(exc).strip()[:120]})") from None
@@ -167,17 +168,17 @@ def verify_engine(path: Path, sidecar: dict, trt: Any = None) -> str:
     return f"deserialized by TensorRT {trt.__version__}"
 
 
-def check_engine_sidecar(path: Path, sidecar: dict, trt_version: str, device: dict | None) -> None:
+def check_engine_sidecar(path: Path, sidecar: Sidecar, trt_version: str, device: dict | None) -> None:
     """Fail in one line when ``path`` is corrupt or was built for another TensorRT version or another GPU."""
-    if not sidecar:
+    if sidecar.empty:
         return
     check_engine_bytes(path, sidecar)
     redo = rebuild_command(path, sidecar)
-    built = sidecar.get("tensorrt")
+    built = sidecar.tensorrt
     if built and _version3(built) != _version3(trt_version):
         raise DFNError(f"{path}: built with TensorRT {built} but this is TensorRT {trt_version}; "
                        f"rebuild it on this device: {redo}")
-    gpu = sidecar.get("gpu") or {}
+    gpu = sidecar.gpu or {}
     if device and gpu:
         cc, name = gpu.get("compute_capability"), gpu.get("name")
         if cc and device.get("compute_capability") and cc != device["compute_capability"]:

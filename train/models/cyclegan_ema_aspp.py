@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepfusionnet.train.models.registry import ModelSpec, register
+from deepfusionnet.train.models.spec import ModelSpec, register
 
 
 def _in(c: int) -> nn.InstanceNorm2d:
@@ -158,5 +158,6 @@ register(ModelSpec(
     build=lambda: CycleGANEmaAspp(),
     scale=1,
     multiple=4,
+    discriminator=build_discriminator,
     description="CycleGAN generator with EMA attention and ASPP (cyclegan-ema-aspp seed; 13.6M params)",
 ))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from deepfusionnet.train.models.blocks import DenseBottleneck, GhostHead, Stage, conv_prelu, upsample2x
-from deepfusionnet.train.models.registry import ModelSpec, register
+from deepfusionnet.train.models.spec import ModelSpec, register
 
 
 class DeepFusionNet(nn.Module):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepfusionnet.train.models.registry import ModelSpec, register
+from deepfusionnet.train.models.spec import ModelSpec, register
 
 
 def _upsample2x(x: torch.Tensor) -> torch.Tensor:

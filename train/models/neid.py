@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepfusionnet.train.models.registry import ModelSpec, register
+from deepfusionnet.train.models.spec import ModelSpec, register
 from deepfusionnet.train.models.unet_sid import WIDTHS, Decoder, Encoder
 
 
@@ -95,5 +95,6 @@ register(ModelSpec(
     build=lambda: NEID(),
     scale=2,
     multiple=16,
+    task="enhance-sr",
     description="NEID two-stream enhancement + x2 SR (neid-two-stream seed; 10.85M params)",
 ))

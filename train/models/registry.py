@@ -10,42 +10,27 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
-from dataclasses import dataclass
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from deepfusionnet.errors import DFNError
+from deepfusionnet.train.models.spec import _REGISTRY, ModelSpec, register
 
+if TYPE_CHECKING:
+    from torch import nn
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    build: Callable[[], nn.Module]
-    scale: int  # output size / input size
-    multiple: int  # input H and W must be multiples of this
-    description: str = ""
-
-
-_REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in _REGISTRY:
-        warnings.warn(f"model {spec.name!r} registered twice; the later definition wins", stacklevel=2)
-    _REGISTRY[spec.name] = spec
-    return spec
-
+__all__ = ["ModelSpec", "register", "get_spec", "model_names", "create_model", "entry_point_spec"]
 
 ENTRY_POINT_GROUP = "deepfusionnet.models"  # installed packages register their models here
 _plugins_loaded = False
 
 
-def _load_families() -> None:
-    # One import per model family file; each registers its names on import.
-    from deepfusionnet.train.models import (  # noqa: F401
-        cyclegan_ema_aspp, deepfusionnet, mirnet, neid, study_cnn, unet_sid)
+# One module per model family under train/models/; each registers its names on import.
+FAMILIES = ("cyclegan_ema_aspp", "deepfusionnet", "mirnet", "neid", "study_cnn", "unet_sid")
 
+
+def _load_families() -> None:
+    for family in FAMILIES:
+        importlib.import_module(f"deepfusionnet.train.models.{family}")
     _load_plugins()
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepfusionnet.train.models.registry import ModelSpec, register
+from deepfusionnet.train.models.spec import ModelSpec, register
 
 KERAS_SLOPE = 0.3  # tf.keras LeakyReLU's default alpha
 

@@ -183,7 +183,8 @@ def run_parity(
 ) -> ParityReport:
     """Run both models (float NCHW -> float NCHW, e.g. ``Enhancer.run_tensor``) on every image.
 
-    ``items`` are ``(input, ground truth or None)`` paths (see :func:`deepfusionnet.runtime.pairs.find_items`).
+    ``items`` are ``(input, ground truth or None)`` paths (see
+    :func:`deepfusionnet.runtime.measure.pairs.find_items`).
     Images run one at a time, so memory stays at one frame per model. ``size`` = ``(H, W)`` of a
     fixed-size graph: every frame is first padded (or cropped) to it, so both models see the same
     pixels (padding is not neutral for a network with global pooling: CBAM averages the padding too);
@@ -192,7 +193,7 @@ def run_parity(
     from deepfusionnet.runtime.images import read_image
     from deepfusionnet.runtime.processing import to_image, to_tensor
 
-    from deepfusionnet.runtime.evaluate import prepare_pair
+    from deepfusionnet.runtime.measure.evaluate import prepare_pair
 
     report = ParityReport(reference_name, candidate_name, precision, output, tolerance_for(precision))
     for path, gt_path in items:
@@ -263,10 +264,11 @@ def _torch_device(model: str, backend: str, device: str | None) -> dict:
     if device is None:
         return {}
     from deepfusionnet.runtime.artifacts import resolve
+    from deepfusionnet.runtime.backends.base import entry, shipped_kind
     from deepfusionnet.runtime.enhancer import backend_for
 
-    name = backend_for(resolve(model, "weights" if backend == "torch" else None), backend)
-    return {"device": device} if name == "torch" else {}
+    name = backend_for(resolve(model, shipped_kind(backend)), backend)
+    return {"device": device} if entry(name).device else {}
 
 
 def compare_models(
@@ -288,7 +290,7 @@ def compare_models(
     sidecar or ONNX metadata). ``device`` places whichever side runs on the torch backend.
     """
     from deepfusionnet.runtime.enhancer import open_enhancer
-    from deepfusionnet.runtime.pairs import find_items
+    from deepfusionnet.runtime.measure.pairs import find_items
 
     items = find_items(data, limit)
     opts = {"threads": threads} if threads else {}
@@ -296,9 +298,10 @@ def compare_models(
     cand_device = _torch_device(candidate, backend, device)
     if device is not None and not (ref_device or cand_device):
         raise DFNError(f"--device {device} places the torch backend, and neither model runs on it here")
-    ref = open_enhancer(reference, backend_ref, **opts, **ref_device)
+    # Parity compares the networks: the exposure gate (the same numpy code on both sides) stays out of it.
+    ref = open_enhancer(reference, backend_ref, gate=False, **opts, **ref_device)
     try:
-        cand = open_enhancer(candidate, backend, **opts, **cand_device)
+        cand = open_enhancer(candidate, backend, gate=False, **opts, **cand_device)
         try:
             if ref.scale != cand.scale:
                 raise ValueError(f"{candidate} upscales {cand.scale}x but {reference} {ref.scale}x: not the same model")

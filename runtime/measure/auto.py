@@ -32,11 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.artifacts import read_sidecar
-from deepfusionnet.runtime.backends.base import Backend, load_backend
-from deepfusionnet.runtime.machine import isa_features, machine_key
+from deepfusionnet.errors import DFNError, native_reason
 from deepfusionnet.runtime.artifacts import file_sha256 as artifact_sha256
+from deepfusionnet.runtime.artifacts import read_sidecar
+from deepfusionnet.runtime.backends.base import BACKENDS, Backend, load_backend, unavailable
+from deepfusionnet.runtime.enhancer import check_image_io, network_fn
+from deepfusionnet.runtime.images import atomic_write_bytes
+from deepfusionnet.runtime.measure.frames import synthetic_frame
+from deepfusionnet.runtime.measure.machine import isa_features, machine_key
+from deepfusionnet.runtime.measure.plan import base_artifact, variant_path
+from deepfusionnet.runtime.metrics import psnr
+from deepfusionnet.runtime.processing import to_tensor
 
 DEFAULT_SIZE = (600, 400)
 GATE_DB = 45.0  # backend-internal precision vs FP32 on a real frame
@@ -95,7 +101,7 @@ def parity_passed(path: Path) -> bool:
         sc = read_sidecar(path)
     except DFNError:
         return False
-    parity = sc.get("parity") if isinstance(sc, dict) else None
+    parity = sc.parity
     if isinstance(parity, list):
         return bool(parity) and all(isinstance(p, dict) and _passed(p) for p in parity)
     return isinstance(parity, dict) and _passed(parity)
@@ -110,68 +116,39 @@ def _passed(d: dict) -> bool:
     return bool(checks) and all(_passed(v) for v in checks)
 
 
-def _available(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 def candidates(base: Path) -> list[Candidate]:
-    """Every (backend, precision) worth measuring for the FP32 ONNX ``base`` on this machine."""
-    from deepfusionnet.runtime.bench import variant_path
-
-    out = [Candidate("onnxruntime", str(base), {"providers": ["CPUExecutionProvider"]}, "fp32", "reference")]
-    providers: list[str] = []
-    try:
-        import onnxruntime as ort
-
-        providers = ort.get_available_providers()
-    except ImportError:
-        pass
-    if "CUDAExecutionProvider" in providers:
-        out.append(Candidate("onnxruntime", str(base), {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
-                             "fp32", "internal", "onnxruntime-cuda fp32"))
-    has_ov = _available("openvino")
+    """Every (backend, precision) worth measuring for the FP32 ONNX ``base`` on this machine: each
+    registered ``auto`` backend that reads ONNX and can run here, at every precision it selects
+    internally that this CPU has, then every precision variant beside ``base`` that passed its export
+    parity check, on each backend that runs such variants. The first is the FP32 reference."""
+    usable = [n for n, e in BACKENDS.items() if e.auto and "onnx" in e.loads and unavailable(n) is None]
     isa = set(isa_features())
-    if has_ov:
-        out.append(Candidate("openvino", str(base), {"precision": "f32"}, "fp32", "internal"))
-        if isa & {"avx512_bf16", "amx_bf16"}:
-            out.append(Candidate("openvino", str(base), {"precision": "bf16"}, "bf16", "internal"))
-        if isa & {"avx512_fp16", "amx_fp16", "asimdhp"}:
-            out.append(Candidate("openvino", str(base), {"precision": "f16"}, "fp16", "internal"))
-    for prec in ("fp16", "int8"):
+    out: list[Candidate] = []
+    for name in usable:
+        e = BACKENDS[name]
+        for prec, opts in e.precisions.items():
+            features = e.isa.get(prec, ((), ""))[0]
+            if not features or isa & set(features):
+                out.append(Candidate(name, str(base), {**e.row_options, **opts}, prec,
+                                     "internal" if out else "reference"))
+    for prec in dict.fromkeys(p for n in usable for p in BACKENDS[n].variants):
         path = variant_path(base, prec)
         if not (path.is_file() and parity_passed(path)):
             continue
-        out.append(Candidate("onnxruntime", str(path), {"providers": ["CPUExecutionProvider"]}, prec, "variant"))
-        if "CUDAExecutionProvider" in providers:
-            out.append(Candidate("onnxruntime", str(path),
-                                 {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}, prec, "variant",
-                                 f"onnxruntime-cuda {prec}"))
-        if has_ov:
-            out.append(Candidate("openvino", str(path), {}, prec, "variant"))
+        out += [Candidate(n, str(path), dict(BACKENDS[n].row_options), prec, "variant")
+                for n in usable if prec in BACKENDS[n].variants]
     for c in out:
         c.label = c.label or f"{c.backend} {c.precision}"
     return out
 
 
 def _gate_frame(size: tuple[int, int]) -> np.ndarray:
-    from deepfusionnet.runtime.bench import synthetic_frame
-    from deepfusionnet.runtime.processing import to_tensor
-
     return to_tensor(synthetic_frame(size))
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
 
 
 def _runner(backend: Backend, scale: int, multiple: int, path=None):
     """The frame path every caller uses (:func:`~deepfusionnet.runtime.enhancer.network_fn`): a fixed-size
     graph is measured on the frame padded or tiled to its size, as it would run."""
-    from deepfusionnet.runtime.enhancer import network_fn
-
     return network_fn(backend, scale, multiple, path=path)
 
 
@@ -182,9 +159,6 @@ def measure(cands: list[Candidate], size: tuple[int, int], multiple: int = 8, ru
     Candidates that pass are timed round-robin (run 1 of each, then run 2 of each, ...), so a load
     change on a shared machine does not favour whichever candidate happened to run in a quiet moment.
     """
-    from deepfusionnet.errors import native_reason
-    from deepfusionnet.runtime.enhancer import check_image_io
-
     x = _gate_frame(size)
     ref = None
     live: list[tuple[Candidate, Backend, list, object]] = []
@@ -208,7 +182,7 @@ def measure(cands: list[Candidate], size: tuple[int, int], multiple: int = 8, ru
                 else:
                     if ref is None:
                         raise DFNError("no FP32 reference output to gate against")
-                    c.psnr_vs_fp32 = min(_psnr(y, ref), 200.0) if np.isfinite(y).all() else None
+                    c.psnr_vs_fp32 = min(psnr(np.clip(y, 0, 1), np.clip(ref, 0, 1)), 200.0) if np.isfinite(y).all() else None
                     need = GATE_DB if c.gate == "internal" else VARIANT_SANITY_DB
                     c.passed = bool(c.psnr_vs_fp32 is not None and c.psnr_vs_fp32 >= need)
             except Exception as exc:  # a candidate that cannot run here is out of the race, not a crash
@@ -233,8 +207,6 @@ def measure(cands: list[Candidate], size: tuple[int, int], multiple: int = 8, ru
 
 
 def _base_onnx(model: str | Path, artifacts=None) -> tuple[Path, int, int]:
-    from deepfusionnet.runtime.bench import base_artifact
-
     art = base_artifact(str(model), artifacts)
     if art.kind != "onnx":
         raise DFNError(f"{art.path}: --backend auto chooses among ONNX backends; give an .onnx file or a shipped name")
@@ -257,8 +229,6 @@ def _load_cache(path: Path) -> dict:
 
 
 def _save_cache(path: Path, data: dict) -> None:
-    from deepfusionnet.runtime.images import atomic_write_bytes
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())

@@ -26,9 +26,10 @@ def _text(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.5) -> Non
 class ContactSheet:
     """Collects small thumbnails while evaluating (memory stays small), then writes one PNG."""
 
-    def __init__(self, width: int = 240, title: str = "") -> None:
+    def __init__(self, width: int = 240, title: str = "", labels: tuple[str, str, str] | None = None) -> None:
         self.width = width
         self.title = title
+        self.labels = labels or ("input", title or "output", "ground truth")  # the three columns
         self.rows: list[np.ndarray] = []
 
     def add(self, name: str, before: np.ndarray, after: np.ndarray, truth: np.ndarray,
@@ -45,7 +46,7 @@ class ContactSheet:
             raise ValueError("empty contact sheet")
         width = 3 * self.width
         header = np.full((HEADER, width, 3), 32, np.uint8)
-        for i, label in enumerate(("input", self.title or "output", "ground truth")):
+        for i, label in enumerate(self.labels):
             _text(header, label, i * self.width + 4, 19)
         return np.concatenate([header, *self.rows], axis=0)
 

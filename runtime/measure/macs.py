@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.artifacts import file_sha256
 
 # Buffers, not parameters: BatchNorm statistics, and the marker of the SR model with a skip (train/models).
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "sr_skip")
@@ -187,7 +186,10 @@ def onnx_conv_macs(path: str | Path, height: int, width: int) -> tuple[int | Non
     except Exception:  # noqa: BLE001 - inference is best effort; ONNX Runtime below is exact
         pass
     producers = {o: n for n in graph.node for o in n.output}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
+    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    # A Conv's MACs follow from its output, a ConvTranspose's from its input (each input pixel is spread
+    # over a kernel): the tensor whose shape each needs.
+    counted = {n.name or n.output[0]: n.output[0] if n.op_type == "Conv" else n.input[0] for n in convs}
 
     def weight_shape(name: str) -> tuple[int, ...] | None:
         # INT8 (QDQ) graphs feed Conv from DequantizeLinear(initializer): follow such chains back.
@@ -197,16 +199,18 @@ def onnx_conv_macs(path: str | Path, height: int, width: int) -> tuple[int | Non
         return shapes.get(name)
 
     note = "conv MACs from ONNX shape inference"
-    if any(n.output[0] not in shapes for n in convs):
-        shapes.update(_conv_shapes_by_running(model, [n.output[0] for n in convs], height, width, str(path)))
-        note = "conv MACs from conv output shapes of one ONNX Runtime run"
+    if any(t not in shapes for t in counted.values()):
+        shapes.update(_conv_shapes_by_running(model, list(counted.values()), height, width, str(path)))
+        note = "conv MACs from conv shapes of one ONNX Runtime run"
     macs = 0
     for n in convs:
         w = weight_shape(n.input[1])
-        y = shapes.get(n.output[0])
+        y = shapes.get(counted[n.name or n.output[0]])
         if w is None or y is None:
-            return None, f"could not determine the shape of Conv {n.name or n.output[0]}"
-        macs += _numel(y) * _numel(w[1:])  # out elems x (Cin / groups) x kH x kW
+            return None, f"could not determine the shape of {n.op_type} {n.name or n.output[0]}"
+        # Conv: out elems x (Cin / groups) x kH x kW; ConvTranspose (weight Cin x Cout/groups x kH x kW):
+        # in elems x (Cout / groups) x kH x kW.
+        macs += _numel(y) * _numel(w[1:])
     return macs, note
 
 

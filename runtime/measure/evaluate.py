@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from deepfusionnet.errors import DFNError
+from deepfusionnet.runtime.artifacts import default_task
 from deepfusionnet.runtime.images import read_image
 from deepfusionnet.runtime.metrics import gt_mean_correct, psnr, ssim
 
@@ -66,6 +67,7 @@ class ImageScore:
 class EvalResult:
     protocol: str
     scale: int
+    task: str = ""  # runtime.artifacts.TASKS; "" = by scale
     per_image: list[ImageScore] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
 
@@ -81,7 +83,8 @@ class EvalResult:
 
     def to_json(self) -> dict:
         gt_mean = None
-        if self.scale == 1 and self.per_image:
+        task = self.task or default_task(self.scale)
+        if task != "sr" and self.per_image:
             gt_mean = {"psnr": self.mean("gt_mean_psnr"), "ssim": self.mean("gt_mean_ssim"),
                        "note": "oracle: output scaled to the ground truth's gray mean; "
                                "not comparable with psnr/ssim"}
@@ -90,7 +93,7 @@ class EvalResult:
             "ssim": self.mean("ssim"),
             "images": self.images,
             "protocol": self.protocol,
-            "task": "enhance" if self.scale == 1 else f"sr-x{self.scale}",
+            "task": task if self.scale == 1 else f"{task}-x{self.scale}",
             "gt_mean": gt_mean,
             "seconds_per_image": self.mean("seconds"),
             "per_image": [asdict(s) for s in self.per_image],
@@ -98,11 +101,29 @@ class EvalResult:
         }
 
 
+def halve_low(low: np.ndarray) -> np.ndarray:
+    """An enhance-sr model's input: the low-light frame bicubic-downscaled x2 (no antialiasing, like
+    TensorFlow's default resize, as NEID's evaluation), from its even-sided crop."""
+    h, w = low.shape[0] // 2, low.shape[1] // 2
+    return cv2.resize(low[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_CUBIC)
+
+
 def prepare_pair(low: np.ndarray, high: np.ndarray, name: str, scale: int, protocol: str,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The ``(model input, target)`` for one pair under ``protocol``; SR inputs are degraded targets."""
+                 seed: int = 0, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(model input, target)`` for one pair under ``protocol``. ``task`` (default: by ``scale``):
+    enhance: the low frame; sr: the target degraded; enhance-sr: the low frame halved (:func:`halve_low`)."""
     if protocol not in PROTOCOLS:
         raise DFNError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    task = task or default_task(scale)
+    if task == "enhance-sr":
+        if low.shape != high.shape:
+            raise DFNError(f"{name}: low image {low.shape[1]}x{low.shape[0]} and ground truth "
+                           f"{high.shape[1]}x{high.shape[0]} differ in size")
+        if protocol == "paper":
+            size = (2 * PAPER_SIZE, 2 * PAPER_SIZE)
+            low = cv2.resize(low, size, interpolation=cv2.INTER_AREA)
+            high = cv2.resize(high, size, interpolation=cv2.INTER_AREA)
+        return halve_low(low), high[: high.shape[0] // 2 * 2, : high.shape[1] // 2 * 2]
     if scale == 1:
         if low.shape != high.shape:
             raise DFNError(f"{name}: low image {low.shape[1]}x{low.shape[0]} and ground truth "
@@ -145,19 +166,20 @@ def evaluate(
     ``on_image(score, input, output, target)`` is called after each scored pair (e.g. for a sheet).
     """
     scale = int(getattr(model, "scale", 1))
-    result = EvalResult(protocol, scale)
+    task = getattr(model, "task", None) or default_task(scale)
+    result = EvalResult(protocol, scale, task)
     for lp, hp in pairs:
         name = Path(lp).name
         try:
             low, high = read_image(lp), read_image(hp)
-            x, target = prepare_pair(low, high, name, scale, protocol, seed)
+            x, target = prepare_pair(low, high, name, scale, protocol, seed, task)
         except DFNError as exc:
             result.failed.append({"name": name, "error": str(exc)})
             continue
         t0 = time.perf_counter()
         out = model(x)
         dt = time.perf_counter() - t0
-        s = score(out, target, name, gt_mean=scale == 1)
+        s = score(out, target, name, gt_mean=task != "sr")
         s.seconds = dt
         result.per_image.append(s)
         if on_image is not None:

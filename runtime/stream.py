@@ -10,7 +10,6 @@ returns; the caller then closes the sink, which keeps what was written.
 from __future__ import annotations
 
 import collections
-import signal
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from deepfusionnet.errors import DFNError
+from deepfusionnet.runtime.signals import first_signal_as_flag
 from deepfusionnet.runtime.sources import Failure, Frame
 
 DONE = object()  # end-of-stream marker; never dropped, never blocked on
@@ -99,30 +99,105 @@ def stop_on_sigint(stop: threading.Event, log: Callable[[str], None] | None = No
     """While active, the first Ctrl-C (or SIGTERM) sets ``stop`` so the run finishes cleanly; a second
     one raises KeyboardInterrupt.
 
-    Yields a dict whose ``"fired"`` entry says whether a signal came. Does nothing off the main thread.
+    Yields a dict whose ``"signal"`` entry is the signal that came, or None. Does nothing off the main
+    thread (:func:`deepfusionnet.runtime.signals.first_signal_as_flag`).
     """
-    state = {"fired": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
-    def handler(signum, frame):
-        if state["fired"]:
-            raise KeyboardInterrupt
-        state["fired"] = True
+    def first(_signum: int) -> None:
         stop.set()
         log("interrupted: finishing the current frame and closing the output (Ctrl-C again to abort)")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield state
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    with first_signal_as_flag(first) as flag:
+        yield flag
 
 
-def run_pipeline(
+class _Stream:
+    """One run of :func:`run_stream`: the queues, the shared stats and the three loops over them."""
+
+    def __init__(self, source, process, sink, live: bool, queue_size: int, stop: threading.Event,
+                 per_item_errors: bool, on_write, on_frame) -> None:
+        self.source, self.process, self.sink = source, process, sink
+        self.stop, self.per_item_errors = stop, per_item_errors
+        self.on_write, self.on_frame = on_write, on_frame
+        self.done = threading.Event()  # ends the reader without claiming the user asked to stop
+        self.stats = Stats()
+        self.errors: list[BaseException] = []
+        self.in_q = FrameQueue(1 if live else queue_size, drop=live)
+        self.out_q = FrameQueue(queue_size)
+        self.halt = _AnyEvent(stop, self.done)
+
+    def read(self) -> None:
+        """The reader thread: source -> input queue (failures straight into the stats)."""
+        try:
+            for item in self.source:
+                if self.halt.is_set():
+                    break
+                if isinstance(item, Failure):
+                    self.stats.failures.append(item)
+                    continue
+                self.stats.read += 1
+                if not self.in_q.put(item, self.halt):
+                    break
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            self.errors.append(exc)
+        finally:
+            self.in_q.put(DONE)
+
+    def _fail_writer(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        self.done.set()
+
+    def write(self) -> None:
+        """The writer thread: output queue -> sink, until DONE (draining even after a failure)."""
+        failed = False
+        while True:
+            item = self.out_q.get()
+            if item is DONE:
+                return
+            if failed:
+                continue  # keep draining so the inference thread never blocks on a dead writer
+            frame, result = item
+            try:
+                self.sink.write(frame, result)
+                self.stats.written += 1
+                if self.on_write is not None:
+                    self.on_write(frame)
+            except DFNError as exc:
+                if self.per_item_errors:
+                    self.stats.failures.append(Failure(frame.name, _reason(exc, frame)))
+                else:
+                    self._fail_writer(exc)
+                    failed = True
+            except BaseException as exc:
+                self._fail_writer(exc)
+                failed = True
+            if getattr(self.sink, "wants_stop", False):
+                self.stop.set()
+
+    def infer(self) -> None:
+        """This thread: input queue -> ``process`` -> output queue, until the input ends or a halt."""
+        while not self.halt.is_set():
+            frame = self.in_q.get(self.halt)
+            if frame is None or frame is DONE:
+                break
+            try:
+                result = self.process(frame.image)
+            except (DFNError, MemoryError) as exc:
+                if not self.per_item_errors:
+                    raise
+                reason = ("out of memory; try a smaller --tile" if isinstance(exc, MemoryError)
+                          else _reason(exc, frame))
+                self.stats.failures.append(Failure(frame.name, reason))
+                continue
+            self.stats.processed += 1
+            self.stats.dropped = self.in_q.dropped
+            self.out_q.put((frame, result))
+            if self.on_frame is not None:
+                self.on_frame(self.stats)
+
+
+def run_stream(
     source: Iterable[Frame | Failure],
     process: Callable[[np.ndarray], np.ndarray],
     sink,
@@ -142,94 +217,25 @@ def run_pipeline(
     each inference (progress bars, live fps). Errors from the reader or writer are re-raised here.
     """
     live = bool(getattr(source, "live", False)) if live is None else live
-    stop = stop or threading.Event()
-    done = threading.Event()  # ends the reader without claiming the user asked to stop
-    stats = Stats()
-    errors: list[BaseException] = []
-    in_q = FrameQueue(1 if live else queue_size, drop=live)
-    out_q = FrameQueue(queue_size)
-
-    def halted() -> bool:
-        return stop.is_set() or done.is_set()
-
-    def reader() -> None:
-        halt = _AnyEvent(stop, done)
-        try:
-            for item in source:
-                if halted():
-                    break
-                if isinstance(item, Failure):
-                    stats.failures.append(item)
-                    continue
-                stats.read += 1
-                if not in_q.put(item, halt):
-                    break
-        except BaseException as exc:  # handed to the main thread, which re-raises it
-            errors.append(exc)
-        finally:
-            in_q.put(DONE)
-
-    def writer() -> None:
-        failed = False
-        while True:
-            item = out_q.get()
-            if item is DONE:
-                return
-            if failed:
-                continue  # keep draining so the inference thread never blocks on a dead writer
-            frame, result = item
-            try:
-                sink.write(frame, result)
-                stats.written += 1
-                if on_write is not None:
-                    on_write(frame)
-            except DFNError as exc:
-                if per_item_errors:
-                    stats.failures.append(Failure(frame.name, _reason(exc, frame)))
-                else:
-                    errors.append(exc)
-                    failed = True
-                    done.set()
-            except BaseException as exc:
-                errors.append(exc)
-                failed = True
-                done.set()
-            if getattr(sink, "wants_stop", False):
-                stop.set()
-
-    threads = [threading.Thread(target=reader, name="dfn-reader", daemon=True),
-               threading.Thread(target=writer, name="dfn-writer", daemon=True)]
-    for t in threads:
-        t.start()
+    run = _Stream(source, process, sink, live, queue_size, stop or threading.Event(), per_item_errors,
+                  on_write, on_frame)
+    reader = threading.Thread(target=run.read, name="dfn-reader", daemon=True)
+    writer = threading.Thread(target=run.write, name="dfn-writer", daemon=True)
+    reader.start()
+    writer.start()
     start = time.monotonic()
     try:
-        while not halted():
-            frame = in_q.get(_AnyEvent(stop, done))
-            if frame is None or frame is DONE:
-                break
-            try:
-                result = process(frame.image)
-            except (DFNError, MemoryError) as exc:
-                if not per_item_errors:
-                    raise
-                reason = "out of memory; try a smaller --tile" if isinstance(exc, MemoryError) else _reason(exc, frame)
-                stats.failures.append(Failure(frame.name, reason))
-                continue
-            stats.processed += 1
-            stats.dropped = in_q.dropped
-            out_q.put((frame, result))
-            if on_frame is not None:
-                on_frame(stats)
+        run.infer()
     finally:
-        stats.seconds = time.monotonic() - start
-        out_q.put(DONE)
-        threads[1].join()
-        done.set()
-        threads[0].join(timeout=10)  # a camera read in progress returns within a frame or a timeout
-        stats.dropped = in_q.dropped
-    if errors:
-        raise errors[0]
-    return stats
+        run.stats.seconds = time.monotonic() - start
+        run.out_q.put(DONE)
+        writer.join()
+        run.done.set()
+        reader.join(timeout=10)  # a camera read in progress returns within a frame or a timeout
+        run.stats.dropped = run.in_q.dropped
+    if run.errors:
+        raise run.errors[0]
+    return run.stats
 
 
 class _AnyEvent:

@@ -1,4 +1,4 @@
-"""The threaded capture -> infer -> write pipeline, and the sinks it writes through."""
+"""The threaded capture -> infer -> write stream (runtime.stream), and the sinks it writes through."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from deepfusionnet.errors import DFNError
-from deepfusionnet.runtime.pipeline import DONE, FrameQueue, run_pipeline
+from deepfusionnet.runtime.stream import DONE, FrameQueue, run_stream
 from deepfusionnet.runtime.sinks import ImageFileSink, VideoFileSink
 from deepfusionnet.runtime.sources import Failure, Frame, VideoSource
-from test_enhance import read_video
+from helpers import colour_frames, read_video, write_video
 
 
 class ListSink:
@@ -50,7 +50,7 @@ def invert(img: np.ndarray) -> np.ndarray:
 
 def test_every_frame_in_order():
     sink = ListSink(delay=0.001)
-    stats = run_pipeline(frames(50), invert, sink, queue_size=2)
+    stats = run_stream(frames(50), invert, sink, queue_size=2)
     assert [i for i, _ in sink.got] == list(range(50))
     assert all(int(img[0, 0, 0]) == 255 - i for i, img in sink.got)
     assert (stats.read, stats.processed, stats.written, stats.dropped) == (50, 50, 50, 0)
@@ -62,7 +62,7 @@ def test_live_source_drops_stale_frames_not_lags():
         return img
 
     sink = ListSink()
-    stats = run_pipeline(frames(60, live=True, every=0.002), slow, sink)
+    stats = run_stream(frames(60, live=True, every=0.002), slow, sink)
     written = [i for i, _ in sink.got]
     assert stats.dropped > 0 and stats.read == 60
     assert stats.processed + stats.dropped == 60
@@ -80,7 +80,7 @@ def test_stop_finishes_the_frame_in_flight_and_writes_it():
         return img
 
     sink = ListSink()
-    stats = run_pipeline(frames(100), process, sink, stop=stop)
+    stats = run_stream(frames(100), process, sink, stop=stop)
     assert stats.processed == 5 and [i for i, _ in sink.got] == [0, 1, 2, 3, 4]
 
 
@@ -98,7 +98,7 @@ def test_per_item_errors_become_failures():
             yield from frames(6)
 
     sink = ListSink(fail_on={4})
-    stats = run_pipeline(Src(), process, sink, per_item_errors=True)
+    stats = run_stream(Src(), process, sink, per_item_errors=True)
     assert [i for i, _ in sink.got] == [0, 1, 2, 5]
     assert sorted((f.name, f.reason) for f in stats.failures) == [
         ("bad.png", "corrupt"), ("f3", "too large"), ("f4", "cannot write")]
@@ -107,7 +107,7 @@ def test_per_item_errors_become_failures():
 def test_stream_errors_propagate_and_stop():
     sink = ListSink(fail_on={2})
     with pytest.raises(DFNError, match="cannot write"):
-        run_pipeline(frames(1000), invert, sink)
+        run_stream(frames(1000), invert, sink)
     assert len(sink.got) == 2
 
     class Broken:
@@ -118,7 +118,7 @@ def test_stream_errors_propagate_and_stop():
             raise DFNError("camera: unplugged")
 
     with pytest.raises(DFNError, match="unplugged"):
-        run_pipeline(Broken(), invert, ListSink())
+        run_stream(Broken(), invert, ListSink())
 
 
 def test_frame_queue_drop_keeps_end_marker():
@@ -181,12 +181,10 @@ def test_video_sink_abort_and_empty_close_leave_nothing(tmp_path):
 
 
 def test_video_roundtrip_through_the_pipeline(tmp_path):
-    from test_sources import colour_frames, write_video
-
     src_path = write_video(tmp_path / "in.avi", colour_frames(6, (40, 56)), fps=8, fourcc="MJPG")
     source = VideoSource(src_path)
     sink = VideoFileSink(tmp_path / "out" / "in.mp4", source.fps)
-    stats = run_pipeline(source, lambda img: img[:, ::-1].copy(), sink)
+    stats = run_stream(source, lambda img: img[:, ::-1].copy(), sink)
     sink.close()
     source.close()
     got, fps = read_all(tmp_path / "out" / "in.mp4")
