@@ -53,7 +53,8 @@ def dfn(*args: str, timeout: float = 3600) -> dict:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+        errors = [ln for ln in lines if ": error: " in ln]  # the CLI's one-line error, not progress output
+        return {"error": (errors or lines or [f"exit {proc.returncode}"])[-1]}
     return json.loads(proc.stdout)
 
 
@@ -108,6 +109,19 @@ def weights_facts(name: str) -> dict:
             "training": meta.get("training", ""), "val_psnr": meta.get("val_psnr")}
 
 
+def scored(graph: Path, data: Path, reuse: bool) -> dict:
+    """``dfn eval`` of ``graph`` on ``data``, the network alone; kept beside the graph for ``--reuse``."""
+    from deepfusionnet.runtime.artifacts import file_sha256
+
+    kept, sha = graph.with_name(graph.name + ".eval.json"), file_sha256(graph)
+    if reuse and kept.is_file() and json.loads(kept.read_text()).get("onnx_sha256") == sha:
+        return json.loads(kept.read_text())
+    ev = dfn("eval", graph, "--data", data, "--exposure-gate", "off")
+    if "error" not in ev:
+        kept.write_text(json.dumps({**ev, "onnx_sha256": sha}))
+    return ev
+
+
 def model_row(name: str, work: Path, lol: Path, reuse: bool = False) -> dict:
     from deepfusionnet.runtime.artifacts import SHIPPED
     from deepfusionnet.runtime.measure.macs import onnx_conv_macs
@@ -120,7 +134,7 @@ def model_row(name: str, work: Path, lol: Path, reuse: bool = False) -> dict:
         w, h = (-(-v // multiple) * multiple for v in input_size(scale))  # as the runtime pads it
         macs, _ = onnx_conv_macs(graph, h, w)
         row["macs_g"] = round(macs / 1e9, 1) if macs else None
-        ev = dfn("eval", graph, "--data", lol / "eval15", "--exposure-gate", "off")  # the network alone
+        ev = scored(graph, lol / "eval15", reuse)
         row["eval15"] = {"error": ev["error"]} if "error" in ev else {"psnr": ev["psnr"], "ssim": ev["ssim"]}
     row["paper"], row["comparable"] = PAPER.get(name, ("-", ""))
     return row
@@ -222,7 +236,10 @@ def table(args: argparse.Namespace) -> int:
     doc = {"date": time.strftime("%Y-%m-%d"), "machine": info.get("cpu", "this CPU"), "machine_info": info,
            "rows": rows, "latency": lat}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "seed_models.json").write_text(json.dumps(doc, indent=2))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from portable_paths import portable_tree
+
+    (RESULTS / "seed_models.json").write_text(json.dumps(portable_tree(doc), indent=2))
     write_markdown(doc, RESULTS / "seed_models.md")
     plot(doc, RESULTS / "seed_models.png")
     print((RESULTS / "seed_models.md").read_text())
@@ -254,6 +271,8 @@ def ship(args: argparse.Namespace) -> int:
                                      "ssim_weight", "unpaired", "unpaired_extra", "val_count", "val_seed",
                                      "seed")
               if k in config}
+    if recipe.get("unpaired_extra"):  # a folder on the training machine: its name is the provenance
+        recipe["unpaired_extra"] = Path(recipe["unpaired_extra"]).name
     history = json.loads((Path(args.run) / "metrics.json").read_text())
     rows = history if isinstance(history, list) else history.get("history", [])
     meta.update(model=args.name, scale=str(spec.scale), multiple=str(spec.multiple), task=spec.task,

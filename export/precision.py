@@ -209,6 +209,9 @@ def calibration_reader(paths: list[Path], input_name: str, width: int, height: i
     from onnxruntime.quantization import CalibrationDataReader
 
     class FrameReader(CalibrationDataReader):
+        # (H, W) of every frame served: the calibration size padded to the multiple
+        frame_size = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
         def __init__(self) -> None:
             self._it = iter(paths)
 
@@ -231,6 +234,70 @@ def calibration_reader(paths: list[Path], input_name: str, width: int, height: i
             self._it = iter(paths)
 
     return FrameReader()
+
+
+def activation_bytes(proto, height: int, width: int, op_types: Iterable[str] = ("Conv",)) -> int | None:
+    """Bytes of the activations ONNX Runtime's calibrators keep for one (1, 3, height, width) FP32 frame:
+    every input and output of the calibrated op types. Shapes from ONNX shape inference, else from one
+    ONNX Runtime run of a single frame; None when neither works."""
+    import math
+
+    import onnx
+
+    from deepfusionnet.runtime.measure.macs import tensor_shapes_by_running
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    for d, v in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, height, width)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    weights = {i.name for i in model.graph.initializer}
+    names = sorted({t for n in model.graph.node if n.op_type in set(op_types)
+                    for t in (*n.input, *n.output) if t and t not in weights})
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = tuple(d.dim_value for d in dims)
+    except Exception:  # noqa: BLE001 - best effort; one run below is exact
+        pass
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        try:
+            shapes.update(tensor_shapes_by_running(model, missing, height, width, "the graph"))
+        except DFNError:
+            return None
+    return sum(math.prod(shapes[n]) * 4 for n in names)
+
+
+def available_memory() -> int | None:
+    """MemAvailable in bytes (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def frames_per_chunk(proto, frame_size: tuple[int, int], most: int, share: float = 0.25) -> int:
+    """How many calibration frames fit in ``share`` of the free memory at once (at most ``most``): ONNX
+    Runtime's histogram calibrators hold a chunk's activations about twice over while merging them (MIRNet-v2:
+    3.2 GiB per 320x240 frame, so the default chunk of 8 was killed for memory on a 23 GiB machine). A graph
+    whose single frame does not fit is a one-line error asking for a smaller ``--calib-size``."""
+    per_frame, free = activation_bytes(proto, *frame_size), available_memory()
+    if not per_frame or not free:
+        return most
+    fit = int(free * share // per_frame)
+    if fit < 1:
+        h, w = frame_size
+        raise DFNError(f"INT8 calibration keeps about {per_frame / 2**30:.1f} GiB of activations per "
+                       f"{w}x{h} frame, more than {share:.0%} of the {free / 2**30:.1f} GiB free; give a smaller "
+                       f"--calib-size")
+    return min(most, fit)
 
 
 def calibration_chunk(count: int, most: int) -> int:
@@ -271,6 +338,9 @@ def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "percentile":
         extra["CalibPercentile"] = percentile
+    cached = calibration_cache is not None and Path(calibration_cache).is_file()  # then no frame is read
+    if chunk and hasattr(reader, "frame_size") and not cached:  # bounded by one frame's activations
+        chunk = frames_per_chunk(proto, reader.frame_size, chunk)
     if chunk and hasattr(reader, "set_range") and hasattr(reader, "__len__") and len(reader) > chunk:
         extra["CalibStridedMinMax"] = calibration_chunk(len(reader), chunk)
     with tempfile.TemporaryDirectory(prefix="dfn-int8-") as tmp:

@@ -237,7 +237,7 @@ def _validate(cfg, nets: Nets, state: RunState, val: D.PairSet, out: Path, devic
 
     spec = get_spec(cfg.model)
     row: dict = {"epoch": state.epoch, "step": state.epoch * len(state.losses),
-                 "lr": cfg.lr * lr_factor(state.epoch, cfg.epochs),
+                 "lr": cfg.lr * lr_factor(state.epoch - 1, cfg.epochs),  # the epoch just trained
                  "loss": float(np.mean(state.losses)) if state.losses else float("nan")}
     if len(val):
         m = evaluate_model(nets.g, val, spec.multiple, 1, spec.task, device)

@@ -53,16 +53,18 @@ VERSION = 1  # bump when the candidate set or gate changes, so old decisions are
 
 @dataclass
 class Candidate:
+    """One (backend, graph, options) that auto measures; the measured fields are filled by the trial."""
+
     backend: str
     path: str
     options: dict
     precision: str
     gate: str  # "reference" | "internal" | "variant"
     label: str = ""
-    latency_ms: float | None = None
-    psnr_vs_fp32: float | None = None
-    passed: bool | None = None
-    error: str | None = None
+    latency_ms: float | None = None  # median of the timed runs (inference only) on the decision frame
+    psnr_vs_fp32: float | None = None  # against the reference's output on the same frame
+    passed: bool | None = None  # met the quality gate (the reference: a finite output); None: not tried
+    error: str | None = None  # why it could not run here
 
 
 @dataclass

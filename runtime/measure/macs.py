@@ -200,7 +200,7 @@ def onnx_conv_macs(path: str | Path, height: int, width: int) -> tuple[int | Non
 
     note = "conv MACs from ONNX shape inference"
     if any(t not in shapes for t in counted.values()):
-        shapes.update(_conv_shapes_by_running(model, list(counted.values()), height, width, str(path)))
+        shapes.update(tensor_shapes_by_running(model, list(counted.values()), height, width, str(path)))
         note = "conv MACs from conv shapes of one ONNX Runtime run"
     macs = 0
     for n in convs:
@@ -214,7 +214,7 @@ def onnx_conv_macs(path: str | Path, height: int, width: int) -> tuple[int | Non
     return macs, note
 
 
-def _conv_shapes_by_running(model, names: list[str], height: int, width: int, path: str) -> dict:
+def tensor_shapes_by_running(model, names: list[str], height: int, width: int, path: str) -> dict:
     import numpy as np
     import onnx
     import onnxruntime as ort
