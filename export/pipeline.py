@@ -486,7 +486,9 @@ def parity_step(job: ExportJob):
 
     opts = job.opts
     job.progress(f"parity vs PyTorch on {opts.check_images or 'all'} image(s) from {job.check_dir}")
-    ref = str(job.source) if str(job.source) in SHIPPED else str(job.source_artifact.path)
+    # A shipped name stands for its own weights only when no --weights file replaced them.
+    shipped = str(job.source) in SHIPPED and opts.weights is None
+    ref = str(job.source) if shipped else str(job.source_artifact.path)
     return parity_report(
         ref,
         str(job.out),
