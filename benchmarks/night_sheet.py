@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=260)
     args = ap.parse_args(argv)
 
+    import cv2
+
     from deepfusionnet.runtime.enhancer import open_enhancer
     from deepfusionnet.runtime.images import IMAGE_SUFFIXES, read_image
     from deepfusionnet.runtime.measure.sheet import ContactSheet
@@ -49,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         img = read_image(p)
         f = min(1.0, 800 / max(img.shape[:2]))  # the sheet shows thumbnails; enhance at most 800 px
         if f < 1:
-            import cv2
-
             img = cv2.resize(img, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
         x = to_tensor(img)
         bare = enh.run_network(x)

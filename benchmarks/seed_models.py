@@ -100,11 +100,11 @@ def export_all(name: str, work: Path, calib: Path, reuse: bool = False) -> dict:
 
 
 def weights_facts(name: str) -> dict:
-    from deepfusionnet.runtime.artifacts import _safetensors_header, shipped_path
+    from deepfusionnet.runtime.artifacts import safetensors_metadata, shipped_path
     from deepfusionnet.runtime.measure.macs import safetensors_params
 
     path = shipped_path(name, "weights")
-    meta = _safetensors_header(path)
+    meta = safetensors_metadata(path)
     return {"params": safetensors_params(path), "budget": meta.get("budget", "see docs/training.md"),
             "training": meta.get("training", ""), "val_psnr": meta.get("val_psnr")}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,16 +23,28 @@ from deepfusionnet.runtime.sidecar import Sidecar, sidecar_path  # noqa: F401  (
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-
-def _safetensors_header(path: Path) -> dict:
-    """The ``__metadata__`` of a safetensors file, read from its JSON header (no safetensors import)."""
+def safetensors_header(path: str | Path) -> dict:
+    """The JSON header of a safetensors file (tensor entries and ``__metadata__``), read without the
+    safetensors package (the runtime may not have it)."""
+    path = Path(path)
     try:
         with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size < 1 << 24:
-                return {}
-            return dict(json.loads(f.read(size)).get("__metadata__") or {})
-    except (OSError, ValueError, AttributeError):
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error) as exc:
+        raise DFNError(f"{path}: not a readable safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise DFNError(f"{path}: not a readable safetensors file (its header is not a JSON object)")
+    return header
+
+
+def safetensors_metadata(path: str | Path) -> dict:
+    """The ``__metadata__`` of a safetensors file; empty when unreadable (the loader says why)."""
+    try:
+        return dict(safetensors_header(path).get("__metadata__") or {})
+    except (DFNError, TypeError, ValueError):
         return {}
 
 
@@ -43,7 +56,7 @@ def _shipped_models() -> dict[str, tuple[int, int, str]]:
         "deepfusionnet-sr": (2, 8, "DeepFusionNet 2x super-resolution (110K params)"),
     }
     for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
-        meta = _safetensors_header(path)
+        meta = safetensors_metadata(path)
         if path.stem in shipped or meta.get("model") != path.stem:
             continue
         try:
@@ -120,17 +133,6 @@ def _onnx_metadata(path: Path) -> dict:
         return {}
 
 
-def _safetensors_metadata(path: Path) -> dict:
-    """The metadata of a safetensors file; empty when unreadable (the loader reports that properly)."""
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            return dict(f.metadata() or {})
-    except Exception:
-        return {}
-
-
 def resolve(model: str | Path, kind: str | None = None) -> Artifact:
     """Resolve a model argument to an :class:`Artifact`.
 
@@ -140,13 +142,13 @@ def resolve(model: str | Path, kind: str | None = None) -> Artifact:
     if text in SHIPPED:
         scale, multiple, _ = SHIPPED[text]
         if kind is None:  # the graph; a model shipped as weights alone (the seed methods) runs from those
-            kind = "onnx" if shipped_path(text, "onnx").is_file() or not shipped_path(text, "weights").is_file() \
-                else "weights"
+            graph, weights = shipped_path(text, "onnx"), shipped_path(text, "weights")
+            kind = "onnx" if graph.is_file() or not weights.is_file() else "weights"
         path = shipped_path(text, kind)
         if not path.is_file():
             raise DFNError(f"shipped model {text!r} has no {kind} file at {path}; reinstall deepfusionnet")
         meta = (read_sidecar(path) if kind != "weights"
-                else checked_metadata(_safetensors_metadata(path), path))
+                else checked_metadata(safetensors_metadata(path), path))
         return Artifact(path, kind, text, scale, multiple, "fp32", meta,
                         parse_exposure(meta.exposure, str(path)), meta.task or default_task(scale))
     path = Path(text)
@@ -167,7 +169,7 @@ def resolve(model: str | Path, kind: str | None = None) -> Artifact:
         meta = checked_metadata({k.removeprefix("dfn."): v for k, v in props.items() if k.startswith("dfn.")},
                                 f"{path} (its dfn.* metadata)")
     if akind == "weights" and path.suffix == ".safetensors":
-        meta = _overlaid(checked_metadata(_safetensors_metadata(path), f"{path} (its metadata)"), meta,
+        meta = _overlaid(checked_metadata(safetensors_metadata(path), f"{path} (its metadata)"), meta,
                          sidecar_path(path))
     name = meta.model if meta.model is not None else "deepfusionnet"
     scale = meta.scale or SHIPPED.get(name, (1, 8, ""))[0]

@@ -64,15 +64,15 @@ class BrightnessSmoother:
         return (y * np.float32(gain)).astype(y.dtype, copy=False)
 
 
-def smoothed(model) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 RGB -> uint8 RGB through ``model.run_tensor`` (an Enhancer or Chain) with a fresh
-    :class:`BrightnessSmoother`: one per video or camera stream, called in frame order."""
+def smoothed(run_tensor: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 RGB -> uint8 RGB through ``run_tensor`` (float NCHW -> float NCHW, e.g. an Enhancer's or a
+    Chain's) with a fresh :class:`BrightnessSmoother`: one per video or camera stream, in frame order."""
     from deepfusionnet.runtime.processing import to_image, to_tensor
 
     smoother = BrightnessSmoother()
 
     def run(rgb: np.ndarray) -> np.ndarray:
         x = to_tensor(rgb)
-        return to_image(smoother(x, model.run_tensor(x)))
+        return to_image(smoother(x, run_tensor(x)))
 
     return run

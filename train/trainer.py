@@ -320,15 +320,6 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
         update_bn(frames(), model, device=device)
 
 
-def deferred_interrupt():
-    """Turn the first Ctrl-C / SIGTERM into a flag the loop checks between steps (a second one stops at once).
-
-    Stopping between optimizer steps keeps model, optimizer and step counter consistent, so the checkpoint
-    written on the way out resumes exactly.
-    """
-    return first_signal_as_flag()
-
-
 class LossLog:
     """The current epoch's per-step losses, each averaged over the processes (a single process's loss on
     the global batch). Read lazily: reading a GPU value makes the CPU wait for the step to finish."""
@@ -665,7 +656,7 @@ class _Run:
         save_weights(self.averaged(), self.cfg.model, self.out / "last.safetensors", meta)
 
     def stop_if_interrupted(self, flag: dict) -> None:
-        """After a Ctrl-C / SIGTERM (``deferred_interrupt``): checkpoint, save the weights and stop."""
+        """After a Ctrl-C / SIGTERM (``first_signal_as_flag``): checkpoint, save the weights and stop."""
         if flag["signal"] is None:
             return
         self.checkpoint(self.epoch, self.step_in_epoch, self.losses.floats())
@@ -792,7 +783,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     run = _Run(cfg, spec, device, arithmetic, rank, world, trainset, val, model, opt, ema)
     run.restore(state)
     run.start(state)
-    with deferred_interrupt() as interrupted:
+    # The first Ctrl-C / SIGTERM only sets a flag the loop checks between optimizer steps, so model,
+    # optimizer and step counter stay consistent and the checkpoint written on the way out resumes exactly.
+    with first_signal_as_flag() as interrupted:
         while run.epoch < cfg.epochs:
             if not run.train_epoch(interrupted, tqdm) or run.end_epoch(interrupted):
                 break

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,6 +35,7 @@ from torch import nn
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.images import IMAGE_SUFFIXES, atomic_write_bytes, read_image
+from deepfusionnet.runtime.signals import first_signal_as_flag
 from deepfusionnet.train import data as D
 from deepfusionnet.train import device as dev
 from deepfusionnet.train.models import create_model, get_spec
@@ -59,7 +61,8 @@ def read_folder(folder: str | Path, max_side: int = EXTRA_MAX_SIDE) -> list[np.n
         img = read_image(p)
         f = max_side / max(img.shape[:2])
         if f < 1:
-            img = cv2.resize(img, (round(img.shape[1] * f), round(img.shape[0] * f)), interpolation=cv2.INTER_AREA)
+            size = (round(img.shape[1] * f), round(img.shape[0] * f))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
         out.append(img)
     return out
 
@@ -153,7 +156,8 @@ def _signed(x: torch.Tensor) -> torch.Tensor:
     return x * 2.0 - 1.0
 
 
-def generator_loss(nets: Nets, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def generator_loss(nets: Nets, a: torch.Tensor, b: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, G(a), F(b)): adversarial terms of both directions + cycle + identity."""
     fake_b, fake_a = nets.g(a), nets.f(b)
     cycle = (nets.f(fake_b) - a).abs().mean() + (nets.g(fake_a) - b).abs().mean()
@@ -204,19 +208,15 @@ def lr_factor(epoch: int, epochs: int) -> float:
 
 
 def _checkpoint(path: Path, nets: Nets, opt_g, opt_d, state: RunState) -> None:
-    import io
+    from deepfusionnet.train.trainer import _atomic_torch_save, on_cpu
 
-    from deepfusionnet.train.trainer import on_cpu
-
-    buf = io.BytesIO()
-    torch.save(on_cpu({
+    _atomic_torch_save(on_cpu({
         **{f"net_{k}": m.state_dict() for k, m in nets.modules().items()},
         # "model" and "optimizer" as every dfn checkpoint names them, so --resume checks it alike
         "model": nets.g.state_dict(), "optimizer": opt_g.state_dict(), "optimizer_d": opt_d.state_dict(),
         "epoch": state.epoch, "step": state.step, "best": state.best, "history": state.history,
         "torch_rng": torch.get_rng_state(), "pools": [p.images for p in state.pools], "losses": state.losses,
-        "unpaired": True}), buf)
-    atomic_write_bytes(path, buf.getvalue())
+        "unpaired": True}), path)
 
 
 def _restore(ckpt: dict, nets: Nets, opt_g, opt_d) -> RunState:
@@ -281,57 +281,98 @@ def _prepare(cfg, resume: bool):
     return out, device, domains, pairs.subset(val_idx), nets, opt_g, opt_d, state
 
 
+@dataclass
+class _Run:
+    """One unpaired run's parts and its steps: a step, the checks after it, an epoch."""
+
+    cfg: Any
+    out: Path
+    device: torch.device
+    domains: Domains
+    val: D.PairSet
+    nets: Nets
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    state: RunState
+    steps: int  # per epoch
+    last_ckpt: float = field(default_factory=time.monotonic)
+
+    @property
+    def global_step(self) -> int:
+        return self.state.epoch * self.steps + self.state.step
+
+    def checkpoint(self) -> None:
+        _checkpoint(self.out / "checkpoint.pt", self.nets, self.opt_g, self.opt_d, self.state)
+        self.last_ckpt = time.monotonic()
+
+    def save_last(self) -> None:
+        save_weights(self.nets.g, self.cfg.model, self.out / "last.safetensors", {"epoch": self.state.epoch})
+
+    def step(self, progress) -> None:
+        cfg, state = self.cfg, self.state
+        rng = np.random.default_rng([cfg.seed, state.epoch, state.step])
+        a, b = (t.to(self.device) for t in self.domains.batch(rng, cfg.crop, cfg.batch_size))
+        loss_g, loss_d = train_step(self.nets, self.opt_g, self.opt_d, state, a, b, rng)
+        state.losses.append(loss_g)
+        state.step += 1
+        if progress.due(self.global_step):
+            where = f"epoch {state.epoch + 1}/{cfg.epochs} step {state.step}/{self.steps}"
+            print(progress.line(self.global_step, where, loss_g) + f", D loss {loss_d:.4f}",
+                  file=sys.stderr, flush=True)
+
+    def after_step(self, interrupted: dict) -> None:
+        """A checkpoint every few minutes; after a Ctrl-C, a checkpoint and the weights, then stop."""
+        stop = interrupted["signal"] is not None
+        if stop or time.monotonic() - self.last_ckpt > self.cfg.checkpoint_minutes * 60:
+            self.checkpoint()
+        if stop:
+            self.save_last()
+            print(f"checkpoint saved at epoch {self.state.epoch + 1}, step {self.state.step}/{self.steps}; "
+                  "run the same command with --resume to continue", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+
+    def epoch(self, progress, interrupted: dict) -> None:
+        """The rest of the current epoch (up to --max-steps), then its validation and a checkpoint."""
+        cfg, state = self.cfg, self.state
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(state.epoch, cfg.epochs)
+        for m in self.nets.modules().values():
+            m.train()
+        while state.step < self.steps:
+            self.step(progress)
+            self.after_step(interrupted)
+            if cfg.max_steps and self.global_step >= cfg.max_steps:
+                break
+        if state.step >= self.steps:
+            state.epoch, state.step = state.epoch + 1, 0
+            if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+                row = _validate(cfg, self.nets, state, self.val, self.out, self.device)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+            state.losses = []
+        self.checkpoint()
+
+
 def train_unpaired(cfg, resume: bool = False) -> dict:
     """Train ``cfg.model`` as a CycleGAN (see the module docstring); returns the final metrics."""
-    from deepfusionnet.train.trainer import ProgressLog, deferred_interrupt
+    from deepfusionnet.train.trainer import ProgressLog
 
+    cfg.validate()
     if cfg.crop < 1:
         raise DFNError("--unpaired trains on crops; give --crop (e.g. 128)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out, device, domains, val, nets, opt_g, opt_d, state = _prepare(cfg, resume)
     steps = max(1, len(domains.low) // cfg.batch_size)
+    run = _Run(cfg, out, device, domains, val, nets, opt_g, opt_d, state, steps)
     print(f"training {cfg.model} unpaired (CycleGAN) on {device}: {len(domains.low)} low-light and "
           f"{len(domains.high)} normal-light images, {steps} steps per epoch", file=sys.stderr, flush=True)
-    progress = ProgressLog(cfg.log_every, cfg.batch_size, state.epoch * steps + state.step, cfg.epochs * steps)
-    last_ckpt, ckpt_path = time.monotonic(), out / "checkpoint.pt"
-    with deferred_interrupt() as interrupted:
+    progress = ProgressLog(cfg.log_every, cfg.batch_size, run.global_step, cfg.epochs * steps)
+    with first_signal_as_flag() as interrupted:
         while state.epoch < cfg.epochs:
-            for opt in (opt_g, opt_d):
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(state.epoch, cfg.epochs)
-            for m in nets.modules().values():
-                m.train()
-            while state.step < steps:
-                rng = np.random.default_rng([cfg.seed, state.epoch, state.step])
-                a, b = (t.to(device) for t in domains.batch(rng, cfg.crop, cfg.batch_size))
-                loss_g, loss_d = train_step(nets, opt_g, opt_d, state, a, b, rng)
-                state.losses.append(loss_g)
-                state.step += 1
-                global_step = state.epoch * steps + state.step
-                if progress.due(global_step):
-                    where = f"epoch {state.epoch + 1}/{cfg.epochs} step {state.step}/{steps}"
-                    print(progress.line(global_step, where, loss_g) + f", D loss {loss_d:.4f}",
-                          file=sys.stderr, flush=True)
-                if interrupted["signal"] is not None or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                    _checkpoint(ckpt_path, nets, opt_g, opt_d, state)
-                    last_ckpt = time.monotonic()
-                if interrupted["signal"] is not None:
-                    save_weights(nets.g, cfg.model, out / "last.safetensors", {"epoch": state.epoch})
-                    print(f"checkpoint saved at epoch {state.epoch + 1}, step {state.step}/{steps}; run the same "
-                          "command with --resume to continue", file=sys.stderr, flush=True)
-                    raise KeyboardInterrupt
-                if cfg.max_steps and global_step >= cfg.max_steps:
-                    break
-            if state.step >= steps:
-                state.epoch, state.step = state.epoch + 1, 0
-                if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
-                    print(json.dumps(_validate(cfg, nets, state, val, out, device)), file=sys.stderr, flush=True)
-                state.losses = []
-            _checkpoint(ckpt_path, nets, opt_g, opt_d, state)
-            last_ckpt = time.monotonic()
-            if cfg.max_steps and state.epoch * steps + state.step >= cfg.max_steps:
-                save_weights(nets.g, cfg.model, out / "last.safetensors", {"epoch": state.epoch})
+            run.epoch(progress, interrupted)
+            if cfg.max_steps and run.global_step >= cfg.max_steps:
+                run.save_last()
                 break
-    return {"epochs_done": state.epoch, "steps": state.epoch * steps + state.step, "best_val_psnr": state.best,
+    return {"epochs_done": state.epoch, "steps": run.global_step, "best_val_psnr": state.best,
             "out": str(out)}

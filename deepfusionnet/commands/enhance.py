@@ -521,7 +521,7 @@ class _Batch:
             return self.fail(loc.text, _strip_name(exc, loc.text))
         try:
             chain = self.get_chain(getattr(source, "size", None))
-            process = smoothed(chain) if args.smooth == "on" else chain
+            process = smoothed(chain.run_tensor) if args.smooth == "on" else chain
             stats, sink = _enhance_stream(source, dst, process, self.stop,
                                           loc.path.name if loc.kind == "video" else loc.text)
         except DFNError as exc:

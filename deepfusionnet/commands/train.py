@@ -116,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
     if args.unpaired:
         from deepfusionnet.train.unpaired import train_unpaired
 
-        cfg.validate()
         result = train_unpaired(cfg, resume=args.resume)
     else:
         result = train(cfg, resume=args.resume)

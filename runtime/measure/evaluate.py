@@ -115,30 +115,23 @@ def prepare_pair(low: np.ndarray, high: np.ndarray, name: str, scale: int, proto
     if protocol not in PROTOCOLS:
         raise DFNError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     task = task or default_task(scale)
-    if task == "enhance-sr":
-        if low.shape != high.shape:
-            raise DFNError(f"{name}: low image {low.shape[1]}x{low.shape[0]} and ground truth "
-                           f"{high.shape[1]}x{high.shape[0]} differ in size")
-        if protocol == "paper":
-            size = (2 * PAPER_SIZE, 2 * PAPER_SIZE)
-            low = cv2.resize(low, size, interpolation=cv2.INTER_AREA)
-            high = cv2.resize(high, size, interpolation=cv2.INTER_AREA)
-        return halve_low(low), high[: high.shape[0] // 2 * 2, : high.shape[1] // 2 * 2]
-    if scale == 1:
-        if low.shape != high.shape:
-            raise DFNError(f"{name}: low image {low.shape[1]}x{low.shape[0]} and ground truth "
-                           f"{high.shape[1]}x{high.shape[0]} differ in size")
-        if protocol == "paper":
-            size = (PAPER_SIZE, PAPER_SIZE)
-            low = cv2.resize(low, size, interpolation=cv2.INTER_AREA)
-            high = cv2.resize(high, size, interpolation=cv2.INTER_AREA)
+    if task == "sr":
+        if scale != 2:
+            raise DFNError(f"{name}: only x2 SR models can be evaluated (scale {scale})")
+        if protocol == "paper":  # the paper's 256 -> 512 SR pairs
+            high = cv2.resize(high, (2 * PAPER_SIZE, 2 * PAPER_SIZE), interpolation=cv2.INTER_AREA)
+        high = high[: high.shape[0] // 2 * 2, : high.shape[1] // 2 * 2]  # even, so x2 of the input matches
+        return degrade_for_sr(high, sr_rng(name, seed)), high
+    # A low-light input: enhance keeps its size, enhance-sr halves it.
+    if low.shape != high.shape:
+        raise DFNError(f"{name}: low image {low.shape[1]}x{low.shape[0]} and ground truth "
+                       f"{high.shape[1]}x{high.shape[0]} differ in size")
+    if protocol == "paper":
+        side = PAPER_SIZE * scale
+        low, high = (cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA) for im in (low, high))
+    if task == "enhance":
         return low, high
-    if scale != 2:
-        raise DFNError(f"{name}: only x2 SR models can be evaluated (scale {scale})")
-    if protocol == "paper":  # the paper's 256 -> 512 SR pairs
-        high = cv2.resize(high, (2 * PAPER_SIZE, 2 * PAPER_SIZE), interpolation=cv2.INTER_AREA)
-    high = high[: high.shape[0] // 2 * 2, : high.shape[1] // 2 * 2]  # even size, so x2 of the input matches
-    return degrade_for_sr(high, sr_rng(name, seed)), high
+    return halve_low(low), high[: high.shape[0] // 2 * 2, : high.shape[1] // 2 * 2]
 
 
 def score(out: np.ndarray, target: np.ndarray, name: str, gt_mean: bool = True) -> ImageScore:

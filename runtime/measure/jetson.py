@@ -127,7 +127,8 @@ def jetson_facts() -> dict:
 
 def clock_warning(facts: dict) -> str | None:
     """The line a Jetson benchmark prints when its clocks may scale during the timed runs."""
-    if facts.get("jetson_clocks") in ("off",) or str(facts.get("jetson_clocks", "")).startswith("unknown"):
+    clocks = str(facts.get("jetson_clocks", ""))
+    if clocks == "off" or clocks.startswith("unknown"):
         return ("warning: jetson_clocks is not on; clocks scale with load, so latencies vary run to run "
                 "(sudo jetson_clocks pins them)")
     return None

@@ -13,8 +13,6 @@ other layers (activations, pooling, resize, attention element-wise ops) are not 
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,15 +145,9 @@ def onnx_params(summary: OnnxGraphSummary) -> tuple[int, int]:
 
 def safetensors_params(path: str | Path) -> int:
     """Parameters in a safetensors file (BatchNorm running statistics left out), read from its header."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as exc:
-        raise DFNError(f"{path}: not a readable safetensors file ({exc})") from None
+    from deepfusionnet.runtime.artifacts import safetensors_header
+
+    header = safetensors_header(path)
     return sum(_numel(tuple(v["shape"])) for k, v in header.items()
                if k != "__metadata__" and not k.endswith(_BUFFER_SUFFIXES))
 

@@ -25,7 +25,7 @@ from deepfusionnet.runtime.images import read_image
 from deepfusionnet.runtime.measure.flicker import score_clip, synthetic_clip
 from deepfusionnet.runtime.metrics import psnr
 from deepfusionnet.runtime.processing import to_image, to_tensor
-from deepfusionnet.runtime.temporal import BrightnessSmoother
+from deepfusionnet.runtime.temporal import smoothed
 
 HUE_SHIFT_DEGREES = 20.0
 
@@ -57,7 +57,8 @@ def well_exposed(model: Callable[[np.ndarray], np.ndarray], images: list[Path]) 
         clipped.append(clipped_fraction(x, y))
         hue.append(hue_shifted_fraction(x, y))
     finite = [p for p in ps if np.isfinite(p)]
-    return {"images": len(ps), "psnr_vs_input_min": float(min(ps)), "psnr_vs_input_median": float(np.median(ps)),
+    return {"images": len(ps), "psnr_vs_input_min": float(min(ps)),
+            "psnr_vs_input_median": float(np.median(ps)),
             "unchanged": len(ps) - len(finite), "clipped_fraction": float(np.mean(clipped)),
             "hue_shifted_fraction": float(np.mean(hue))}
 
@@ -93,18 +94,13 @@ def flicker(run_tensor: Callable[[np.ndarray], np.ndarray], photos: list[Path], 
                 (frame,) = synthetic_clip(photo, frames=1, motion=motion, photons=None)
                 clean = to_image(run_tensor(to_tensor(frame)))
             for smooth in (False, True):
-                smoother = BrightnessSmoother() if smooth else None
-
-                def enhance(img: np.ndarray, smoother=smoother) -> np.ndarray:
-                    x = to_tensor(img)
-                    y = run_tensor(x)
-                    return to_image(smoother(x, y) if smoother is not None else y)
-
+                enhance = smoothed(run_tensor) if smooth else lambda img: to_image(run_tensor(to_tensor(img)))
                 s = score_clip(clip, enhance, static=motion == "static", clean_output=clean)
                 rows.append({"photo": Path(path).name, "motion": motion, "smoothing": smooth, **s.to_json()})
 
     def mean(key: str, motion: str, smooth: bool) -> float | None:
-        vals = [r[key] for r in rows if r["motion"] == motion and r["smoothing"] == smooth and r[key] is not None]
+        vals = [r[key] for r in rows
+                if r["motion"] == motion and r["smoothing"] == smooth and r[key] is not None]
         return float(np.mean(vals)) if vals else None
 
     summary = {f"{m}{'_smoothed' if s else ''}": {
