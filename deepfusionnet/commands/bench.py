@@ -2,7 +2,9 @@
 
 Rows of one model and size are timed round-robin after a warm-up, so their ratios hold on a busy
 machine. p50/p90/p99/mean and fps are end to end (decode + pre + inference + post); infer_* is the
-inference alone. "× eager FP32" compares with the PyTorch eager row of the same run.
+inference alone. "× eager FP32" compares with the PyTorch eager row of the same run. "ran as" is the
+precision the backend really ran (asked of the compiled model); "% floor" compares the row's conv
+GFLOP/s with this machine's measured matmul GFLOP/s in that precision (--floor).
 
 Model specs: a shipped name or file; A+B chains two models; fast:A+B runs A at half size and B
 (the 2x SR model) back to full size, as dfn enhance --fast (half:A+B is the older spelling).
@@ -43,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="paired folder (e.g. lol-v1/eval15) to add PSNR/SSIM per row")
     p.add_argument("--quality-limit", type=int, default=None, help="score only the first N pairs")
     p.add_argument("--plot", metavar="FILE", default=None, help="write latency vs PSNR plot (needs --quality)")
+    p.add_argument("--floor", choices=("measure", "cached", "off"), default="measure",
+                   help="the machine's matmul GFLOP/s per precision, for each row's %% of floor: measure "
+                        "it first (a few seconds), reuse this machine's cached one, or off "
+                        "(default: %(default)s)")
     p.add_argument("--markdown", metavar="FILE", default=None, help="write the table as Markdown")
     p.add_argument("--output", "-o", metavar="FILE", default=None, help="write the JSON result to a file")
 
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from deepfusionnet.errors import DFNError
     from deepfusionnet.runtime.images import atomic_write_bytes
     from deepfusionnet.runtime.measure.bench import bench
+    from deepfusionnet.runtime.measure.floor import floor_markdown
     from deepfusionnet.runtime.measure.plan import PRECISIONS
     from deepfusionnet.runtime.measure.plot import plot_frontier
     from deepfusionnet.runtime.measure.report import machine_markdown, markdown_table
@@ -74,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = bench(args.model, _list(args.backend), precisions, sizes, runs=args.runs, warmup=args.warmup,
                    threads=args.threads, artifacts=args.artifacts, quality_pairs=pairs, log=log,
-                   device=args.device)
-    table = markdown_table(result)
+                   device=args.device, floor=args.floor)
+    table = floor_markdown(result["floor"]) + "\n" + markdown_table(result)
     if args.output:
         atomic_write_bytes(Path(args.output), json.dumps(result, indent=2, default=str).encode())
     if args.markdown:

@@ -14,10 +14,20 @@ Candidates are every available backend x every precision of the artifact that pa
   independent perturbation at 45 dB moves that by under 0.02 dB (MSEs add), far inside the 0.1 dB the
   project allows a faster precision to cost on eval15.
 
-Each qualifying candidate is warmed up and timed (median of a few runs, inference only, at the
-requested size); the fastest wins. The decision is cached as JSON in ``$DFN_CACHE/auto.json`` (default
-``~/.cache/deepfusionnet/auto.json``) keyed by the artifacts' sha256, the size, the CPU/GPU and the
-library versions, so later calls reuse it without measuring.
+Each qualifying candidate is warmed up and timed (median of a few runs, inference only) on a bounded
+frame (:func:`decision_size`). Every candidate is loaded at once (their runs interleave), so their
+frames together get a fixed pixel budget, half a default 1024x1024 tile: a frame within its share
+(4 candidates: 360x360) is decided at its own size, a larger one at its size with each side capped at
+the share's side (the night sample resized to it, like every decision frame). That
+keeps a first decision's memory near one decided run's whatever the number of candidates: whole
+1920x1080 frames on four candidates peaked at 5.1 GiB (7.9 GiB in an earlier run) where the
+enhancement, in 1024-pixel tiles, needs 0.7 GiB. Per-pixel speed is what decides; the ranking on the
+bounded frame is taken to hold for larger frames (which run in tiles).
+
+The fastest wins. The decision is cached as JSON in ``$DFN_CACHE/auto.json`` (default
+``~/.cache/deepfusionnet/auto.json``) keyed by the artifacts' sha256, the size class (the decision
+frame's size: every frame larger than one share shares one), the CPU/GPU and the library versions, so
+later calls reuse it without measuring.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from deepfusionnet.errors import DFNError, native_reason
 from deepfusionnet.runtime.artifacts import file_sha256 as artifact_sha256
 from deepfusionnet.runtime.artifacts import read_sidecar
 from deepfusionnet.runtime.backends.base import BACKENDS, Backend, load_backend, unavailable
-from deepfusionnet.runtime.enhancer import check_image_io, network_fn
+from deepfusionnet.runtime.enhancer import DEFAULT_TILE, check_image_io, network_fn
 from deepfusionnet.runtime.images import atomic_write_bytes
 from deepfusionnet.runtime.measure.frames import synthetic_frame
 from deepfusionnet.runtime.measure.machine import isa_features, machine_key
@@ -48,7 +58,11 @@ DEFAULT_SIZE = (600, 400)
 GATE_DB = 45.0  # backend-internal precision vs FP32 on a real frame
 VARIANT_SANITY_DB = 30.0  # an export-gated variant, run on this backend, vs FP32
 TIMED_RUNS = 3
-VERSION = 1  # bump when the candidate set or gate changes, so old decisions are re-measured
+VERSION = 2  # bump when the candidates, gate or decision frame change, so old decisions are re-measured
+# The pixels every candidate's decision frame holds together: half a default tile (enhancer.DEFAULT_TILE
+# squared), so the live candidates of a first decision hold about what one decided run holds (measured:
+# benchmarks/experiments.md, 2026-12-05, session 27).
+DECISION_PIXELS = DEFAULT_TILE * DEFAULT_TILE // 2
 
 
 @dataclass
@@ -80,6 +94,23 @@ class Choice:
     size: tuple[int, int]
     cached: bool = False
     candidates: list = field(default_factory=list)
+    decided_on: tuple[int, int] | None = None  # the size class: the frame the candidates were timed on
+
+
+def decision_side(n_candidates: int) -> int:
+    """The side of one candidate's share of :data:`DECISION_PIXELS`, a multiple of 8 (the input multiple)."""
+    return max(64, int((DECISION_PIXELS / max(n_candidates, 1)) ** 0.5) // 8 * 8)
+
+
+def decision_size(size: tuple[int, int], n_candidates: int) -> tuple[int, int]:
+    """The (width, height) auto measures ``n_candidates`` on for frames of ``size``, which is also their
+    size class: the frame itself within one candidate's share of :data:`DECISION_PIXELS`, else each side
+    capped at :func:`decision_side`."""
+    w, h = int(size[0]), int(size[1])
+    side = decision_side(n_candidates)
+    if w * h <= side * side:
+        return w, h
+    return min(w, side), min(h, side)
 
 
 def cache_path() -> Path:
@@ -240,30 +271,34 @@ def _save_cache(path: Path, data: dict) -> None:
 
 def choose_with_options(model: str | Path, size: tuple[int, int] | None = None, artifacts=None,
                         refresh: bool = False) -> Choice:
-    """The fastest gated (backend, artifact, options) for ``model`` at ``size`` = (width, height)."""
+    """The fastest gated (backend, artifact, options) for ``model`` at ``size`` = (width, height),
+    measured on :func:`decision_size` (``Choice.decided_on``) and cached per size class."""
     base, multiple, scale = _base_onnx(model, artifacts)
     size = tuple(size) if size else DEFAULT_SIZE
     cands = candidates(base)
-    key = _key(base, cands, size)
+    decided_on = decision_size(size, len(cands))
+    key = _key(base, cands, decided_on)
     cpath = cache_path()
     cache = _load_cache(cpath)
     hit = cache.get(key)
     if hit and not refresh and Path(hit.get("path", "")).is_file():
         return Choice(hit["backend"], hit["path"], hit["options"], hit["precision"], hit["label"],
-                      hit.get("latency_ms"), size, cached=True, candidates=hit.get("candidates", []))
-    measure(cands, size, multiple, scale=scale)
+                      hit.get("latency_ms"), size, cached=True, candidates=hit.get("candidates", []),
+                      decided_on=decided_on)
+    measure(cands, decided_on, multiple, scale=scale)
     ok = [c for c in cands if c.passed and c.latency_ms is not None]
     if not ok:
         errors = "; ".join(f"{c.label}: {c.error}" for c in cands if c.error)
         raise DFNError(f"{base}: no backend could run it ({errors or 'every candidate failed its gate'})")
     best = min(ok, key=lambda c: c.latency_ms)
     record = {"backend": best.backend, "path": best.path, "options": best.options, "precision": best.precision,
-              "label": best.label, "latency_ms": best.latency_ms, "size": list(size), "created": time.time(),
+              "label": best.label, "latency_ms": best.latency_ms, "size": list(size),
+              "decided_on": list(decided_on), "created": time.time(),
               "candidates": [asdict(c) for c in cands]}
     cache[key] = record
     _save_cache(cpath, cache)
     return Choice(best.backend, best.path, best.options, best.precision, best.label, best.latency_ms, size,
-                  cached=False, candidates=record["candidates"])
+                  cached=False, candidates=record["candidates"], decided_on=decided_on)
 
 
 def choose(model: str, size: tuple[int, int] | None = None) -> tuple[str, str]:

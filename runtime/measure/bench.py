@@ -47,10 +47,12 @@ import cv2
 import numpy as np
 
 from deepfusionnet.errors import DFNError, native_reason
+from deepfusionnet.runtime.measure.floor import fraction_of_floor, machine_floor
 from deepfusionnet.runtime.measure.frames import synthetic_frame
 from deepfusionnet.runtime.measure.machine import machine_info
 from deepfusionnet.runtime.measure.plan import (NOT_MEASURED, PRECISIONS, Unsupported, bench_backends,
                                                 parse_model_spec)
+from deepfusionnet.runtime.measure.ran_as import ran_as_label, row_macs, stage_ran_as
 from deepfusionnet.runtime.measure.rows import Row, fill_timings, peak_rss_mb, rss_mb, speedups
 from deepfusionnet.runtime.measure.runner import Runner, open_runner
 from deepfusionnet.runtime.measure.scoring import quality, quality_deltas
@@ -69,6 +71,7 @@ class Settings:
     skip: Callable | None = None
     device: str | None = None
     log: Callable[[str], None] = lambda s: None
+    floor: dict | None = None  # runtime.measure.floor's measurement, or None (off)
 
 
 def check_grid(backends: list[str], precisions: list[str], runs: int) -> None:
@@ -140,7 +143,29 @@ def _warm_up(row: Row, runner: Runner, png: bytes, warmup: int, rss0: float) -> 
             row.detail["openvino_precision"] = be.execution_precision()
         if hasattr(be, "providers"):
             row.detail["providers"] = list(be.providers)
+    _ran_as(row, runner, frame.shape[1::-1])
     return True
+
+
+def _ran_as(row: Row, runner: Runner, size: tuple[int, int]) -> None:
+    """What each stage really ran in (asked of the compiled model after its first run), and the row's
+    conv multiply-adds per precision, for the fraction of the floor."""
+    paths = [Path(s["path"]) for s in row.detail.get("stages", [])]
+    stages = [stage_ran_as(be, path, in_size)
+              for (be, _), path, in_size in zip(runner.stages, paths, runner.stage_inputs(size))]
+    row.ran_as = ran_as_label(stages) if stages else None
+    row.detail["ran_as"] = stages
+    row.detail["macs_by_precision"] = row_macs(stages)
+
+
+def _floor_fraction(row: Row, floor: dict | None) -> None:
+    macs = row.detail.get("macs_by_precision")
+    if floor is None or not macs or not row.infer_p50_ms:
+        row.detail["floor_note"] = "floor off" if floor is None else "no MACs counted (needs onnx)"
+        return
+    got = fraction_of_floor(macs, row.infer_p50_ms / 1000, floor)
+    row.gflops, row.floor_fraction = got["gflops"], got["floor_fraction"]
+    row.detail["floor_note"] = got["floor_note"]
 
 
 def _time_round_robin(active: list[tuple[Row, Runner, list]], png: bytes, cfg: Settings, label: str) -> None:
@@ -197,6 +222,7 @@ def bench_group(model: str, size: tuple[int, int], members: list[tuple[str, str]
     _time_round_robin(active, png, cfg, f"{model} {w}x{h}")
     for row, runner, samples in active:
         fill_timings(row, samples)
+        _floor_fraction(row, cfg.floor)
         if cfg.quality_pairs:
             _score(row, runner, cfg, quality_done)
         _energy(row, runner, png, cfg)
@@ -208,15 +234,21 @@ def bench_group(model: str, size: tuple[int, int], members: list[tuple[str, str]
 def bench(models: list[str], backends: list[str], precisions: list[str], sizes: list[tuple[int, int]],
           runs: int = 10, warmup: int = 1, threads: int | None = None, artifacts=None,
           quality_pairs: list[tuple[Path, Path]] | None = None, cache_dir: str | None = None,
-          skip=None, log=None, device: str | None = None) -> dict:
-    """Run the grid and return ``{"rows": [...], "machine": {...}, "settings": {...}}``.
+          skip=None, log=None, device: str | None = None, floor: str = "measure") -> dict:
+    """Run the grid and return ``{"rows": [...], "machine": {...}, "floor": {...}, "settings": {...}}``.
 
     ``skip(model, backend, precision, size) -> str | None`` may drop a row with a reason (kept in the
-    output); ``log(str)`` receives progress lines.
+    output); ``log(str)`` receives progress lines. ``floor``: ``measure`` the machine's matmul floor
+    first (a few seconds), reuse the ``cached`` one of this machine, or ``off``.
     """
     check_grid(backends, precisions, runs)
+    if floor not in ("measure", "cached", "off"):
+        raise DFNError(f"unknown floor mode {floor!r}; choose from: measure, cached, off")
     cfg = Settings(runs, warmup, threads, artifacts, quality_pairs, cache_dir, skip, device,
                    log or (lambda s: None))
+    if floor != "off":
+        cfg.log("floor: matmul GFLOP/s per precision" + (" (cached if there)" if floor == "cached" else ""))
+        cfg.floor = machine_floor(refresh=floor == "measure")
     groups: dict[tuple, list] = {}
     for m, b, p, s in expand_rows(models, backends, precisions, sizes):
         groups.setdefault((m, s), []).append((b, p))
@@ -231,6 +263,7 @@ def bench(models: list[str], backends: list[str], precisions: list[str], sizes: 
     if warning := clock_warning(jetson):
         cfg.log(warning)
     return {"rows": [r.to_json() for r in rows], "machine": {**machine_info(), "jetson_facts": jetson},
+            "floor": cfg.floor,
             "settings": {"runs": runs, "warmup": warmup, "threads": threads, "torch_device": device or "cpu",
                          "quality_images": len(quality_pairs) if quality_pairs else 0,
                          "timing": "round-robin within each (model, size) group; end to end = decode+pre+infer+post"}}

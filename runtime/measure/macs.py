@@ -157,26 +157,32 @@ def onnx_conv_macs(path: str | Path, height: int, width: int) -> tuple[int | Non
 
     Returns ``(None, reason)`` when the ``onnx`` package is not installed.
     """
+    table, note = onnx_conv_table(path, height, width)
+    return (None, note) if table is None else (sum(macs for _, macs, _ in table), note)
+
+
+def _from_dq(name: str, producers: dict) -> bool:
+    """Whether ``name`` comes out of a DequantizeLinear (through Identity/Cast): an INT8 operand."""
+    while name in producers and producers[name].op_type in ("Identity", "Cast"):
+        name = producers[name].input[0]
+    return name in producers and producers[name].op_type == "DequantizeLinear"
+
+
+def onnx_conv_table(path: str | Path, height: int, width: int) -> tuple[list[tuple[str, int, bool]] | None,
+                                                                        str]:
+    """Per Conv/ConvTranspose: ``(name, multiply-adds, int8)`` at a ``(1, 3, height, width)`` input, and a
+    note.
+
+    ``int8``: both the data and the weight come out of DequantizeLinear (a Q/DQ conv, which ONNX Runtime
+    and OpenVINO run as an integer conv). ``(None, reason)`` without the ``onnx`` package.
+    """
     try:
         import onnx
     except ImportError:
         return None, "MACs need the onnx package (pip install 'deepfusionnet[export]')"
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
-    init_names = {i.name for i in graph.initializer}
-    inp = next(i for i in graph.input if i.name not in init_names)
-    for d, v in zip(inp.type.tensor_type.shape.dim, (1, 3, height, width)):
-        d.ClearField("dim_param")
-        d.dim_value = v
-    shapes: dict[str, tuple[int, ...]] = {i.name: tuple(i.dims) for i in graph.initializer}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            dims = vi.type.tensor_type.shape.dim
-            if dims and all(d.HasField("dim_value") for d in dims):
-                shapes[vi.name] = tuple(d.dim_value for d in dims)
-    except Exception:  # noqa: BLE001 - inference is best effort; ONNX Runtime below is exact
-        pass
+    shapes = _shapes(onnx, model, height, width)
     producers = {o: n for n in graph.node for o in n.output}
     convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
     # A Conv's MACs follow from its output, a ConvTranspose's from its input (each input pixel is spread
@@ -194,7 +200,7 @@ def onnx_conv_macs(path: str | Path, height: int, width: int) -> tuple[int | Non
     if any(t not in shapes for t in counted.values()):
         shapes.update(tensor_shapes_by_running(model, list(counted.values()), height, width, str(path)))
         note = "conv MACs from conv shapes of one ONNX Runtime run"
-    macs = 0
+    table = []
     for n in convs:
         w = weight_shape(n.input[1])
         y = shapes.get(counted[n.name or n.output[0]])
@@ -202,8 +208,30 @@ def onnx_conv_macs(path: str | Path, height: int, width: int) -> tuple[int | Non
             return None, f"could not determine the shape of {n.op_type} {n.name or n.output[0]}"
         # Conv: out elems x (Cin / groups) x kH x kW; ConvTranspose (weight Cin x Cout/groups x kH x kW):
         # in elems x (Cout / groups) x kH x kW.
-        macs += _numel(y) * _numel(w[1:])
-    return macs, note
+        int8 = _from_dq(n.input[0], producers) and _from_dq(n.input[1], producers)
+        table.append((n.name or n.output[0], _numel(y) * _numel(w[1:]), int8))
+    return table, note
+
+
+def _shapes(onnx, model, height: int, width: int) -> dict[str, tuple[int, ...]]:
+    """Initializer shapes and every shape ONNX shape inference fixes at a ``(1, 3, height, width)`` input
+    (the model's input dims are set in place)."""
+    graph = model.graph
+    init_names = {i.name for i in graph.initializer}
+    inp = next(i for i in graph.input if i.name not in init_names)
+    for d, v in zip(inp.type.tensor_type.shape.dim, (1, 3, height, width)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    shapes: dict[str, tuple[int, ...]] = {i.name: tuple(i.dims) for i in graph.initializer}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = tuple(d.dim_value for d in dims)
+    except Exception:  # noqa: BLE001 - inference is best effort; ONNX Runtime is exact
+        pass
+    return shapes
 
 
 def tensor_shapes_by_running(model, names: list[str], height: int, width: int, path: str) -> dict:

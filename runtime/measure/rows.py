@@ -38,6 +38,9 @@ class Row:
     ssim_eval15: float | None = None
     psnr_delta_db: float | None = None
     quality_images: int | None = None
+    ran_as: str | None = None  # the precision the backend really ran (runtime.measure.ran_as)
+    gflops: float | None = None  # conv MACs x 2 / inference p50
+    floor_fraction: float | None = None  # time at the machine's matmul floor / inference p50
     detail: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:

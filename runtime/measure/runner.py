@@ -54,6 +54,15 @@ class Runner:
     def scale(self) -> int:
         return self.chain.scale
 
+    def stage_inputs(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Each stage's input (width, height) for a frame of ``size``, as :func:`open_runner` plans them."""
+        w, h = (size[0] // 2, size[1] // 2) if self.spec.fast else size
+        out = []
+        for _, art in self.stages:
+            out.append((w, h))
+            w, h = w * art.scale, h * art.scale
+        return out
+
     def run(self, rgb: np.ndarray, times: dict | None = None) -> np.ndarray:
         """uint8 RGB -> uint8 RGB through every stage; adds ``pre``/``infer``/``post`` seconds to
         ``times``."""
