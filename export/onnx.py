@@ -127,31 +127,38 @@ def _tagged(artifact, spec):
     return tagged
 
 
-def onnx_from_torch(model, opset: int = DEFAULT_OPSET, exporter: str = "legacy", sample_hw: tuple[int, int] = (64, 64)):
+def onnx_from_torch(model, opset: int = DEFAULT_OPSET, exporter: str = "legacy",
+                    sample_hw: tuple[int, int] = (64, 64), extra_inputs: dict | None = None, output: str = OUTPUT):
     """Export ``model`` (NCHW float32 in [0, 1] -> NCHW) to an ``onnx.ModelProto`` with dynamic H/W.
 
     ``exporter``: ``"legacy"`` (TorchScript, ``dynamo=False``; the default, as Ultralytics does, since
     the dynamo path has broken on dynamic resizes) or ``"dynamo"`` (``torch.export``). Both pass the
-    parity suite on DeepFusionNet with torch 2.13.
+    parity suite on DeepFusionNet with torch 2.13. ``extra_inputs``: further named inputs after the image
+    (name -> sample tensor of fixed shape); ``output``: the output's name (an image output has dynamic H/W).
     """
     import torch
 
     onnx = require("onnx", "export")
+    extra = extra_inputs or {}
     x = torch.rand(1, 3, *sample_hw)
+    args = (x, *extra.values())
+    names = [INPUT, *extra]
+    out_axes = {2: "out_height", 3: "out_width"} if output == OUTPUT else {}
     model = model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; we chose it on purpose
         if exporter == "legacy":
             buf = io.BytesIO()
-            torch.onnx.export(model, (x,), buf, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {2: "height", 3: "width"}, OUTPUT: {2: "out_height", 3: "out_width"}},
+            torch.onnx.export(model, args, buf, opset_version=opset, input_names=names, output_names=[output],
+                              dynamic_axes={INPUT: {2: "height", 3: "width"}, **({output: out_axes} if out_axes else {})},
                               do_constant_folding=True, dynamo=False)
             proto = onnx.load_from_string(buf.getvalue())
         elif exporter == "dynamo":
             h, w = torch.export.Dim("height", min=8, max=8192), torch.export.Dim("width", min=8, max=8192)
-            name = next(iter(__import__("inspect").signature(model.forward).parameters))
-            prog = torch.onnx.export(model, (x,), None, opset_version=max(opset, 18), input_names=[INPUT],
-                                     output_names=[OUTPUT], dynamic_shapes={name: {2: h, 3: w}}, dynamo=True,
+            params = list(__import__("inspect").signature(model.forward).parameters)
+            shapes = {params[0]: {2: h, 3: w}, **{p: None for p in params[1:len(args)]}}
+            prog = torch.onnx.export(model, args, None, opset_version=max(opset, 18), input_names=names,
+                                     output_names=[output], dynamic_shapes=shapes, dynamo=True,
                                      optimize=True, verbose=False)
             proto = prog.model_proto
         else:

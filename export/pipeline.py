@@ -79,15 +79,16 @@ def default_check_dir() -> Path:
     return sample_dir()
 
 
-def input_dirs(opts: ExportOptions, scale: int) -> tuple[Path | None, Path | None]:
+def input_dirs(opts: ExportOptions, scale: int, qat: bool = False) -> tuple[Path | None, Path | None]:
     """``(calibration folder, check folder)`` for ``opts``, checked before anything is written.
 
     INT8 calibrates on frames like the ones the model will see, which only the user has: without
     ``--calib`` it is a one-line error, never a silent calibration on four sample pictures. FP16 measures
-    activation peaks on two frames: ``--calib`` when given, else the shipped samples.
+    activation peaks on two frames: ``--calib`` when given, else the shipped samples. Quantization-aware
+    weights (``qat``) carry their ranges and need no calibration.
     """
-    calib = Path(opts.calib_dir) if opts.calib_dir else None
-    if opts.precision == "int8" and calib is None:
+    calib = Path(opts.calib_dir) if opts.calib_dir and not qat else None
+    if opts.precision == "int8" and calib is None and not qat:
         kind = (
             "normal-light frames (e.g. LOL-v1 train/high)"
             if scale > 1
@@ -121,6 +122,7 @@ class ExportJob:
     calib_dir: Path | None
     check_dir: Path | None
     progress: Callable[[str], None]
+    qat: bool = False  # quantization-aware weights (dfn train --qat): INT8 from their own ranges
 
 
 # A step returns a graph and what the sidecar records of it. Steps compose as Polygraphy's loaders do:
@@ -148,7 +150,27 @@ def export_model(
     step = PRECISION_STEPS[job.opts.precision](onnx_from_torch(job), job)  # e.g. to_int8(onnx_from_torch)
     graph, info = with_metadata(fixed_size(step, job), job)()
     gate = conformance_gate(graph, job.opts.targets, job.out)
-    return write_export(job, graph, info, gate, t0)
+    try:
+        return write_export(job, graph, {**info, **tile_companions(job, graph)}, gate, t0)
+    except BaseException:
+        from deepfusionnet.export.tile_graphs import remove_companions
+
+        remove_companions(job.out)  # no companions without their graph
+        raise
+
+
+def tile_companions(job: ExportJob, graph) -> dict:
+    """Write the ``.context``/``.tile`` companions beside ``job.out`` (:mod:`.tile_graphs`) -> the sidecar's
+    ``{"tiles": ...}``, or ``{}`` for a network or precision without them (stale ones are removed)."""
+    from deepfusionnet.export import precision as prec
+    from deepfusionnet.export import tile_graphs as tg
+
+    tg.remove_companions(job.out)
+    graphs = tg.companion_graphs(job, prec.activation_peaks)
+    if graphs is None:
+        return {}
+    job.progress("exporting the .context and .tile companions (tiles that share the frame's attention)")
+    return {"tiles": tg.write_companions(job, graph, graphs, tg.check_frames(job), conformance_gate)}
 
 
 def prepare(source: str | Path, out: str | Path, opts: ExportOptions,
@@ -166,8 +188,25 @@ def prepare(source: str | Path, out: str | Path, opts: ExportOptions,
     net, name, source_artifact = onx.load_source(source, opts.weights, opts.scale, opts.multiple)
     spec = get_spec(name)
     _check_size(opts.size, spec.multiple, name)
-    calib_dir, check_dir = input_dirs(opts, spec.scale)
-    return ExportJob(source, out, opts, net, name, spec, source_artifact, calib_dir, check_dir, progress)
+    qat = _check_qat(net, opts, source)
+    calib_dir, check_dir = input_dirs(opts, spec.scale, qat)
+    return ExportJob(source, out, opts, net, name, spec, source_artifact, calib_dir, check_dir, progress, qat)
+
+
+def _check_qat(net, opts: ExportOptions, source) -> bool:
+    """True for quantization-aware weights, which export as INT8 only (their ranges are part of them)."""
+    from deepfusionnet.train.qat import is_quantized
+
+    if not is_quantized(net):
+        return False
+    if opts.precision != "int8":
+        raise DFNError(f"{source}: quantization-aware weights (dfn train --qat); export them with "
+                       "--precision int8 (their INT8 ranges are trained in; the float network is the --init "
+                       "weights)")
+    if opts.keep_float or opts.quantize:
+        raise DFNError("--keep-float and --quantize choose INT8 nodes after calibration; quantization-aware "
+                       "weights run every convolution INT8")
+    return True
 
 
 def _check_size(size: tuple[int, int] | None, multiple: int, name: str) -> None:
@@ -230,7 +269,10 @@ def to_fp16(base: Step, job: ExportJob) -> Step:
 
 def to_int8(base: Step, job: ExportJob) -> Step:
     """FP32 graph -> INT8 Q/DQ graph (calibrated, stages kept float by the accuracy search,
-    :mod:`.int8_fallback`); records the calibration under ``"calibration"``."""
+    :mod:`.int8_fallback`); records the calibration under ``"calibration"``. Quantization-aware weights
+    take :func:`int8_from_qat` instead."""
+    if job.qat:
+        return int8_from_qat(base, job)
 
     def run():
         from deepfusionnet.export import precision as prec
@@ -251,6 +293,26 @@ def to_int8(base: Step, job: ExportJob) -> Step:
         record = _int8_record(graph, found, job, frames, checks)
         job.progress(f"INT8: {record['convs_int8']} of {record['convs_total']} convolutions run INT8")
         return found.proto, {**info, "calibration": record}
+
+    return run
+
+
+def int8_from_qat(base: Step, job: ExportJob) -> Step:
+    """The graph of quantization-aware weights (input Q/DQ already in it) with every Conv's weight an INT8
+    initializer (:func:`.qat.quantize_conv_weights`); records it under ``"calibration"``."""
+
+    def run():
+        from deepfusionnet.export import onnx as onx
+        from deepfusionnet.export.qat import qdq_summary, quantize_conv_weights
+
+        graph, info = base()
+        graph = onx.reinfer_shapes(quantize_conv_weights(graph))
+        counts = qdq_summary(graph)
+        job.progress(f"INT8 (quantization-aware weights): {counts['convs_int8']} of {counts['convs_total']} "
+                     "convolutions run INT8")
+        record = {"method": "qat", "symmetric": True, "per_channel": True, "bias": "float",
+                  "op_types": ["Conv"], **counts, "excluded_nodes": []}
+        return graph, {**info, "calibration": record}
 
     return run
 

@@ -106,6 +106,8 @@ def resolve_profile(name: str, graph_shape: tuple[int, ...], options: BuildOptio
     Dynamic N/C dims become 1 and 3; H/W come from the options (or the defaults above).
     """
     if all(d >= 0 for d in graph_shape):
+        if len(graph_shape) != 4:  # a static non-image input (a tile graph's context vector) takes no profile
+            return None
         if options.shape and tuple(graph_shape[-2:]) != tuple(options.shape):
             raise DFNError(f"input {name!r} is fixed at {'x'.join(map(str, graph_shape))} in the ONNX graph; "
                            f"--shape {_wh(options.shape)} cannot change it (export with --dynamic, or at "
@@ -309,6 +311,25 @@ def engine_from_onnx(onnx: str | Path, engine: str | Path | None = None, options
     }, sidecar_path(engine_path))
     atomic_write_bytes(sidecar_path(engine_path), sidecar.to_json())
     return {**sidecar.to_dict(), "engine": str(engine_path), "sidecar": str(sidecar_path(engine_path))}
+
+
+def companion_engines(onnx: str | Path, engine: str | Path, options: BuildOptions | None = None,
+                      *, progress: Progress | None = None, trt: Any = None, cuda: Any = None
+                      ) -> dict[str, str]:
+    """Build the ``.context``/``.tile`` engines beside ``engine`` from the ONNX graph's companions
+    (:mod:`deepfusionnet.runtime.tile_context`: tiles that share the frame's attention), with the same
+    options -> ``{role: engine path}``. A graph without companions gets none, and stale ones are removed."""
+    from deepfusionnet.runtime.tile_context import ROLES, companion_path
+
+    onnx_path, engine_path = resolve(onnx).path, Path(engine)
+    sources = {role: companion_path(onnx_path, role) for role in ROLES}
+    if not all(src.is_file() for src in sources.values()):
+        for role in ROLES:
+            companion_path(engine_path, role).unlink(missing_ok=True)
+            sidecar_path(companion_path(engine_path, role)).unlink(missing_ok=True)
+        return {}
+    return {role: engine_from_onnx(src, companion_path(engine_path, role), options, progress=progress,
+                                   trt=trt, cuda=cuda)["engine"] for role, src in sources.items()}
 
 
 def _check_options(trt: Any, major: int, options: BuildOptions, onnx_path: Path, precision: str) -> None:

@@ -244,3 +244,18 @@ def test_rows_report_energy_per_frame_on_a_jetson_and_say_not_a_jetson_elsewhere
     d = row["detail"]
     assert d["power_rail"] == "VDD_IN" and d["power_mw"] == pytest.approx(7432.0)
     assert d["energy_mj_per_frame"] > 0
+
+
+def test_a_member_with_its_own_artifacts_is_timed_in_the_same_rounds(tiny_dir, tmp_path):
+    # Two graphs of one model at one precision (say post-training and QAT INT8): one group, one row each,
+    # each loading its own folder's graph and scored apart.
+    other = tmp_path / "other"
+    other.mkdir()
+    tiny_onnx(other / "deepfusionnet.onnx", seed=3)
+    cfg = bench.Settings(runs=2, artifacts=tiny_dir, quality_pairs=None)
+    members = [("onnxruntime", "fp32"), ("onnxruntime", "fp32", other)]
+    rows = bench.bench_group("deepfusionnet", (64, 64), members, cfg, {})
+    assert [r.status for r in rows] == ["ok", "ok"] and all(r.runs == 2 for r in rows)
+    assert "artifacts" not in rows[0].detail and rows[1].detail["artifacts"] == str(other)
+    assert Path(rows[0].detail["stages"][0]["path"]).parent == tiny_dir
+    assert Path(rows[1].detail["stages"][0]["path"]).parent == other

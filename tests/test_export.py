@@ -592,4 +592,49 @@ def test_export_from_an_installed_wheel_without_the_repository(tmp_path):
     bad = subprocess.run([*dfn, "sr.int8.onnx", "--precision", "int8"], cwd=work, env=env, capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "--calib" in bad.stderr
-    assert sorted(p.name for p in work.iterdir()) == ["sr.onnx", "sr.onnx.json"]
+    assert sorted(p.name for p in work.iterdir()) == ["sr.context.onnx", "sr.onnx", "sr.onnx.json", "sr.tile.onnx"]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("model,precision,size", [("deepfusionnet", "fp32", (320, 240)),
+                                                  ("deepfusionnet", "fp16", (320, 240)),
+                                                  ("deepfusionnet-sr", "fp32", (160, 120))])
+def test_tiles_of_an_export_agree_with_its_whole_frame(exported, backend, model, precision, size):
+    """The .context/.tile companions pass the TensorRT conformance gate and make 2x2 tiles agree with the
+    whole frame at >= 40 dB on ONNX Runtime and OpenVINO (without them: the seams of pooled attention)."""
+    import cv2
+    from dataclasses import replace
+
+    from deepfusionnet.export.conformance import check_graph, errors, load_model
+    from deepfusionnet.runtime.metrics import psnr
+    from deepfusionnet.runtime.samples import sample_dir
+    from deepfusionnet.runtime.tile_context import companion_path
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    path = exported[model, precision]
+    for role in ("context", "tile"):
+        graph = load_model(companion_path(path, role))
+        assert not errors(check_graph(graph, "trt10")) and not errors(check_graph(graph, "trt11"))
+    assert json.loads(path.with_name(path.name + ".json").read_text())["tiles"]["tile"] == \
+        companion_path(path, "tile").name
+    from deepfusionnet.commands.info import describe
+
+    assert describe(str(path), 64, 64, "auto")["tile_companions"] == [companion_path(path, r).name
+                                                                      for r in ("context", "tile")]
+    e = open_enhancer(str(path), backend, gate=False)
+    w, h = size
+    img = cv2.resize(read_image(sample_dir() / "dicm-01.jpg"), (w, h), interpolation=cv2.INTER_AREA)
+    side = -(-((w + 33) // 2) // 8) * 8
+    whole = replace(e, tile=1 << 30)(img)
+    tiled, plain = replace(e, tile=side)(img), replace(e, tile=side, companions=None)(img)
+    assert e.tile_context() is not None
+    assert psnr(tiled, whole) >= 40
+    assert psnr(plain, whole) < psnr(tiled, whole) - 5
+
+
+def test_int8_exports_have_no_companions(exported):
+    from deepfusionnet.runtime.tile_context import companion_path
+
+    path = exported["deepfusionnet-sr", "int8"]
+    assert not companion_path(path, "tile").exists() and not companion_path(path, "context").exists()

@@ -238,3 +238,31 @@ def test_modules_import_without_tensorrt_or_torch():
             "import deepfusionnet.export.tensorrt, deepfusionnet.runtime.backends.tensorrt, "
             "deepfusionnet.runtime.backends.cuda, deepfusionnet.commands.build")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_companion_engines_follow_the_onnx_companions(tmp_path, world, cuda):
+    """dfn build builds X.context.engine and X.tile.engine when the graph has companions, with the same
+    options; a graph without them leaves no stale companion engines behind."""
+    import shutil
+
+    from deepfusionnet.export.tensorrt import companion_engines
+    from deepfusionnet.runtime.tile_context import companion_path
+
+    trt = make_tensorrt(world)
+    onnx = make_onnx(tmp_path / "m.onnx")
+    engine = tmp_path / "m.engine"
+    assert companion_engines(onnx, engine, BuildOptions(), trt=trt, cuda=cuda) == {}
+    for role in ("context", "tile"):
+        shutil.copy(onnx, companion_path(onnx, role))
+    built = companion_engines(onnx, engine, BuildOptions(shape=(240, 320)), trt=trt, cuda=cuda)
+    assert built == {r: str(companion_path(engine, r)) for r in ("context", "tile")}
+    for role in ("context", "tile"):
+        side = json.loads(Path(built[role] + ".json").read_text())
+        assert side["build"]["shape"] == [240, 320]
+    companion_path(onnx, "tile").unlink()
+    assert companion_engines(onnx, engine, trt=trt, cuda=cuda) == {}
+    assert not companion_path(engine, "context").exists() and not companion_path(engine, "tile").exists()
+
+
+def test_a_static_context_input_takes_no_profile():
+    assert resolve_profile("context", (1, 1152), BuildOptions(shape=(480, 640)), 8) is None

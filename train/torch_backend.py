@@ -7,9 +7,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.backends.base import TensorInfo
 from deepfusionnet.train import device as dev
+from deepfusionnet.train.models.context import ContextGraph, TileGraph, context_width
 from deepfusionnet.train.weights import load_model
+
+
+def companion_module(model: torch.nn.Module, graph: str, path: Path) -> torch.nn.Module:
+    """``model`` itself, or its ``"context"``/``"tile"`` companion (:mod:`.models.context`)."""
+    if graph == "model":
+        return model
+    if graph not in ("context", "tile"):
+        raise ValueError(f"graph must be model, context or tile, not {graph!r}")
+    if not context_width(model):
+        raise DFNError(f"{path}: this model has no channel attention to share between tiles")
+    return ContextGraph(model) if graph == "context" else TileGraph(model)
 
 
 def reference_precision(device: torch.device) -> None:
@@ -25,22 +38,29 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, path: Path, threads: int | None = None, arch: str | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", graph: str = "model") -> None:
         if threads:
             torch.set_num_threads(threads)
         self.device = dev.resolve_device(device, dev.probe())
         reference_precision(self.device)
         model, self.model_name = load_model(path, arch)
-        self.model = model.to(self.device)
+        self.model = companion_module(model.eval(), graph, path).to(self.device)
         self.inputs = [TensorInfo("input", (1, 3, "height", "width"), "float32")]
         self.outputs = [TensorInfo("output", (1, 3, "out_height", "out_width"), "float32")]
+        if graph != "model":  # the same names and shapes as the exported companions
+            width = context_width(model)
+            if graph == "tile":
+                self.inputs.append(TensorInfo("context", (1, width), "float32"))
+            else:
+                self.outputs = [TensorInfo("context", (1, width), "float32")]
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (x,) = feed.values()
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-            y = self.model(x).float().cpu()  # the copy back waits for the GPU: timings stay honest
-        return {"output": y.numpy()}
+            arrays = list(feed.values()) if len(self.inputs) == 1 else [feed[t.name] for t in self.inputs]
+            args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+                    for a in arrays]
+            y = self.model(*args).float().cpu()  # the copy back waits for the GPU: timings stay honest
+        return {self.outputs[0].name: y.numpy()}
 
     def close(self) -> None:
         self.model = None

@@ -103,6 +103,10 @@ class TrainConfig:
     # low-light photos without ground truth join the low-light domain.
     unpaired: bool = False
     unpaired_extra: str | None = None
+    # Quantization-aware fine-tuning (train/qat.py): every convolution fake-quantized as TensorRT runs INT8,
+    # input ranges calibrated ("percentile", "max" or "mse") on whole training frames before the first step.
+    qat: bool = False
+    qat_calib: str = "percentile"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -144,6 +148,8 @@ class TrainConfig:
             raise DFNError("--ema must be in [0, 1), e.g. 0.999 (0 turns it off)")
         if self.freeze_bn and not self.init:
             raise DFNError("--freeze-bn keeps the BatchNorm statistics of --init; pass --init WEIGHTS with it")
+        if self.qat:
+            self._validate_qat()
         if not 0.0 < self.targets_mix <= 1.0:
             raise DFNError("--targets-mix must be in (0, 1]: the teacher's share of the training target")
         if self.unpaired_extra and not self.unpaired:
@@ -153,6 +159,18 @@ class TrainConfig:
                            f"(models with one: {', '.join(unpaired_models())})")
         if self.targets and get_spec(self.model).scale != 1:
             raise DFNError("--targets applies to the enhancer; the SR model's targets are the normal-light images")
+
+
+    def _validate_qat(self) -> None:
+        from deepfusionnet.train.qat import CALIB_METHODS
+
+        if not self.init:
+            raise DFNError("--qat fine-tunes trained weights; pass --init WEIGHTS (dfn train --qat defaults to "
+                           "the shipped model)")
+        if self.qat_calib not in CALIB_METHODS:
+            raise DFNError(f"--qat-calib must be one of {', '.join(CALIB_METHODS)}")
+        if self.unpaired:
+            raise DFNError("--qat fine-tunes paired runs; it does not combine with --unpaired")
 
 
 # Options that may change between a run and its resumption without changing what is learned. "out": a run
@@ -281,6 +299,7 @@ def evaluate_model(model: torch.nn.Module, pairs: D.PairSet, multiple: int, scal
 
 
 BN_REFRESH_FRAMES = 64
+QAT_CALIB_FRAMES = 16  # whole frames (600x400 on LOL), about 50 of the export's 320x240 calibration crops
 BN_REFRESH_MAX_SIDE = 1024  # larger frames contribute their centre, the size of one runtime tile
 
 
@@ -300,7 +319,14 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
     """
     from torch.optim.swa_utils import update_bn
 
-    count = min(BN_REFRESH_FRAMES, len(trainset))
+    with torch.no_grad():
+        update_bn(whole_frames(trainset, cfg, task, multiple, BN_REFRESH_FRAMES), model, device=device)
+
+
+def whole_frames(trainset: D.PairSet, cfg: TrainConfig, task: str, multiple: int, count: int):
+    """``count`` whole training frames spread evenly over ``trainset``, as inference meets them (padded,
+    at most a ``BN_REFRESH_MAX_SIDE`` centre), one ``(1, 3, H, W)`` tensor at a time (bounded memory)."""
+    count = min(count, len(trainset))
     rng = np.random.default_rng([cfg.seed, 0x5EED])  # SR: one fixed degradation per frame
 
     def centre(img: np.ndarray, limit: int) -> np.ndarray:
@@ -310,14 +336,9 @@ def refresh_batchnorm(model: torch.nn.Module, trainset: D.PairSet, cfg: TrainCon
         return img[y:y + limit, x:x + limit]
 
     limit = BN_REFRESH_MAX_SIDE * (1 if task == "enhance" else 2)  # the others halve the frame
-
-    def frames():  # one at a time: only the current frame is in memory
-        for i in np.linspace(0, len(trainset) - 1, count).round().astype(int):
-            lo, _ = whole_frame(centre(trainset.low[i], limit), centre(trainset.high[i], limit), task, rng)
-            yield torch.from_numpy(pad_to_multiple(to_tensor(lo), multiple)[0])
-
-    with torch.no_grad():
-        update_bn(frames(), model, device=device)
+    for i in np.linspace(0, len(trainset) - 1, count).round().astype(int):
+        lo, _ = whole_frame(centre(trainset.low[i], limit), centre(trainset.high[i], limit), task, rng)
+        yield torch.from_numpy(pad_to_multiple(to_tensor(lo), multiple)[0])
 
 
 class LossLog:
@@ -457,7 +478,9 @@ def _open_run(cfg: TrainConfig, resume: bool) -> dict | tuple:
     # Before the data too: --device cuda on a machine without one is a one-line error, not minutes later.
     caps = dev.probe()
     device = dev.resolve_device(cfg.device, caps, *dev.local_rank())
-    arithmetic = dev.choose_arithmetic(device, cfg.bf16, cfg.amp, caps)
+    # QAT emulates INT8 in FP32 arithmetic, as the export's Q/DQ graph defines it: no autocast.
+    off = cfg.qat
+    arithmetic = dev.choose_arithmetic(device, "off" if off else cfg.bf16, "off" if off else cfg.amp, caps)
     if cfg.batch_size % _world()[1]:  # before joining the group: every process refuses alike, none waits
         raise DFNError(f"--batch-size {cfg.batch_size} is the global batch; it does not split evenly over "
                        f"{_world()[1]} processes (use a multiple of {_world()[1]})")
@@ -486,11 +509,35 @@ def _prepare_data(cfg: TrainConfig, task: str) -> tuple[D.PairSet, D.PairSet]:
     return trainset, val
 
 
-def _build_model(cfg: TrainConfig, device: torch.device, resume: bool) -> tuple:
+def _calibrate_qat(model: torch.nn.Module, cfg: TrainConfig, trainset: D.PairSet | None,
+                   device: torch.device) -> None:
+    """Set the QAT input ranges from ``QAT_CALIB_FRAMES`` whole training frames (every process alike)."""
+    from deepfusionnet.train import qat
+
+    if trainset is None or not len(trainset):
+        raise DFNError("--qat calibrates on training frames; none were given")
+    spec = get_spec(cfg.model)
+    frames = [x.to(device) for x in whole_frames(trainset, cfg, spec.task, spec.multiple, QAT_CALIB_FRAMES)]
+    t0 = time.monotonic()
+    ranges = qat.calibrate(model, frames, cfg.qat_calib)
+    if _world()[0] == 0:
+        print(f"QAT: {len(ranges)} convolutions fake-quantized (INT8, per-channel weights, per-tensor "
+              f"inputs); input ranges calibrated ({cfg.qat_calib}) on {len(frames)} training frames in "
+              f"{time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def _build_model(cfg: TrainConfig, device: torch.device, resume: bool,
+                 trainset: D.PairSet | None = None) -> tuple:
     """``(model, optimizer, weight average or None)``: the model seeded by ``cfg.seed`` (or --init's weights)
-    on ``device``."""
+    on ``device``; with ``cfg.qat`` every convolution fake-quantized, its input ranges calibrated on
+    ``trainset`` for a new run (a resumed one reads them from the checkpoint)."""
+    from deepfusionnet.train import qat
+
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model)
+    if cfg.qat:
+        qat.quantize_convs(model)
+    calibrated = False
     if cfg.init and not resume:
         from deepfusionnet.runtime.artifacts import resolve
 
@@ -498,8 +545,14 @@ def _build_model(cfg: TrainConfig, device: torch.device, resume: bool) -> tuple:
         init_model, init_name = load_model(init_path, name=cfg.model)
         if init_name != cfg.model:  # SR weights without the skip load as the paper's block
             raise DFNError(f"{init_path}: holds {init_name} weights; train them on with --model {init_name}")
-        model.load_state_dict(init_model.state_dict())
+        state = init_model.state_dict()
+        # QAT weights go on with their trained ranges under --qat, as float weights without it.
+        calibrated = cfg.qat and qat.is_quantized(init_model)
+        strict = calibrated or not cfg.qat  # float weights into a QAT model: only the ranges are missing
+        model.load_state_dict(state if calibrated else qat.float_state(state), strict=strict)
     model.to(device)
+    if cfg.qat and not resume and not calibrated:
+        _calibrate_qat(model, cfg, trainset, device)
     if dev.channels_last(device):
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -779,7 +832,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     state, device, arithmetic, rank, world = opened
     spec = get_spec(cfg.model)
     trainset, val = _prepare_data(cfg, spec.task)
-    model, opt, ema = _build_model(cfg, device, resume)
+    model, opt, ema = _build_model(cfg, device, resume, trainset)
     run = _Run(cfg, spec, device, arithmetic, rank, world, trainset, val, model, opt, ema)
     run.restore(state)
     run.start(state)

@@ -36,6 +36,10 @@ def save_weights(model: nn.Module, name: str, path: str | Path, extra: dict | No
         shape = {"scale": spec.scale, "multiple": spec.multiple, "task": spec.task}
     except DFNError:  # not a registered name: the file carries the name alone, as before
         shape = {}
+    from deepfusionnet.train.qat import QAT_TAG, is_quantized
+
+    if is_quantized(model):  # the loader rebuilds the fake-quantized network from this tag
+        shape["quantization"] = QAT_TAG
     meta = {"model": name, **{k: str(v) for k, v in {**shape, **(extra or {})}.items()}}
     # A copy per entry: safetensors refuses entries that share memory, and some networks reuse a module
     # under two names (MIRNet's DAUs, as in its official checkpoints).
@@ -152,6 +156,10 @@ def load_model(path: str | Path, name: str | None = None, default: str | None = 
     if model_name == "deepfusionnet-sr" and "sr_skip" not in state:
         model_name = "deepfusionnet-sr-paper"  # SR weights without the skip (no sr_skip): the paper's block
     model = create_model(model_name)
+    from deepfusionnet.train.qat import is_qat_state, quantize_convs
+
+    if is_qat_state(state, meta):  # dfn train --qat weights: the fake-quantized network, with its ranges
+        quantize_convs(model)
     problems = _mismatch(model, state)
     if problems:
         raise DFNError(f"{path}: weights do not fit model {model_name!r} (a different model's weights?): {problems}")

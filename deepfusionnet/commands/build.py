@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from deepfusionnet.runtime.backends.tensorrt import import_tensorrt
 
     trt = import_tensorrt()  # first, so a machine without TensorRT gets the one-line install hint
-    from deepfusionnet.export.tensorrt import BuildOptions, engine_from_onnx, hw_from_size
+    from deepfusionnet.export.tensorrt import BuildOptions, companion_engines, engine_from_onnx, hw_from_size
 
     opt = lambda v: hw_from_size(v) if v else None  # noqa: E731
     options = BuildOptions(shape=opt(args.shape), min_shape=opt(args.min), opt_shape=opt(args.opt),
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dfn build: {args.model} with TensorRT {trt.__version__}", file=sys.stderr)
     try:
         result = engine_from_onnx(args.model, args.output, options, progress=report, trt=trt)
+        # the seam-free tiling companions (runtime.tile_context), built with the same options
+        result["companions"] = companion_engines(args.model, result["engine"], options, progress=report, trt=trt)
     finally:
         done()
     if args.json:
@@ -90,4 +92,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"built {result['engine']} ({result['engine_bytes'] / 1e6:.1f} MB, {result['precision']}, {shape}) "
           f"in {result['build_seconds']:.1f} s on {gpu}; sidecar {result['sidecar']}; timing cache "
           f"{result['build']['timing_cache_status']}", file=sys.stderr)
+    if result["companions"]:
+        print(f"built the tiling companions {', '.join(result['companions'].values())}", file=sys.stderr)
     return 0

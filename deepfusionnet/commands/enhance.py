@@ -62,7 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="enhance at half resolution and let the SR model restore full size (~3.5x fewer MACs)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="process frames larger than N pixels on a side in overlapping N x N tiles "
-                        "(default 1024; 0 = never tile)")
+                        "(default 2048; 0 = never tile)")
+    p.add_argument("--context-side", type=int, default=None, metavar="N",
+                   help="tiled frames: compute the frame's global attention context on the frame downscaled "
+                        "to fit N pixels, or the tile if larger (default 2048: exact up to 2048 px; lower it "
+                        "to bound the context pass's memory by one tile)")
     add_tta_argument(p)
     add_gate_argument(p)
     p.add_argument("--smooth", choices=("on", "off"), default="on",
@@ -320,6 +324,8 @@ def check_tiling(args) -> int:
     tile = DEFAULT_TILE if args.tile is None else (args.tile or 1 << 30)
     if tile <= args.overlap * 2:
         raise DFNError(f"--tile {args.tile}: must be more than twice --overlap ({args.overlap})")
+    if getattr(args, "context_side", None) is not None and args.context_side < 8:
+        raise DFNError(f"--context-side {args.context_side}: must be at least 8 pixels")
     return tile
 
 
@@ -335,14 +341,17 @@ def open_chain(args, size=None):
     backend, model, options = choose_backend(args.model, args.backend, size, remeasure)
     options = {**options, **torch_device_options(args.device, backend)}
     gate = getattr(args, "exposure_gate", "on") == "on"
-    enhancer = open_enhancer(model, backend, tile=tile, overlap=args.overlap, tta=args.tta, gate=gate, **options)
+    side = {} if getattr(args, "context_side", None) is None else {"context_side": args.context_side}
+    enhancer = open_enhancer(model, backend, tile=tile, overlap=args.overlap, tta=args.tta, gate=gate, **side,
+                             **options)
     sr = None
     if args.upscale == 2 or args.fast:
         try:
             sr_backend, sr_model, sr_options = choose_backend(args.sr_model, args.backend, size,
                                                               remeasure)
             sr_options = {**sr_options, **torch_device_options(args.device, sr_backend)}
-            sr = open_enhancer(sr_model, sr_backend, tile=tile, overlap=args.overlap, tta=args.tta, **sr_options)
+            sr = open_enhancer(sr_model, sr_backend, tile=tile, overlap=args.overlap, tta=args.tta, **side,
+                               **sr_options)
         except BaseException:
             enhancer.close()
             raise

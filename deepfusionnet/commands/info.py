@@ -73,31 +73,36 @@ def _available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _artifact(model: str, via: str):
+    """The artifact ``dfn info`` describes, and whether PyTorch measures it."""
+    from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.artifacts import SHIPPED, resolve, shipped_path
+
+    has_torch = _available("torch")
+    if model not in SHIPPED:
+        art = resolve(model)
+        return art, art.kind == "weights" and has_torch and via != "onnx"
+    if via == "torch" and not has_torch:
+        raise DFNError("--via torch: torch is not installed (pip install 'deepfusionnet[train]')")
+    use_torch = via == "torch" or (via == "auto" and has_torch)
+    if not use_torch and not shipped_path(model, "onnx").is_file():
+        why = "" if via == "onnx" else " and torch is not installed"
+        raise DFNError(f"shipped model {model!r}: no ONNX at {shipped_path(model, 'onnx')}{why}, so "
+                       "nothing to measure; use --via torch (needs deepfusionnet[train]) or create it "
+                       "with dfn export")
+    return resolve(model, "weights" if use_torch else "onnx"), use_torch
+
+
 def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
     """The ``dfn info`` record for ``model`` at input size ``width`` x ``height``."""
     from dataclasses import asdict
     from pathlib import Path
 
-    from deepfusionnet.errors import DFNError
-    from deepfusionnet.runtime.artifacts import SHIPPED, file_sha256, resolve, shipped_path
+    from deepfusionnet.runtime.artifacts import file_sha256
     from deepfusionnet.runtime.measure.macs import (onnx_conv_macs, onnx_params, read_onnx_summary,
                                                     safetensors_params)
 
-    has_torch = _available("torch")
-    if model in SHIPPED:
-        if via == "torch" and not has_torch:
-            raise DFNError("--via torch: torch is not installed (pip install 'deepfusionnet[train]')")
-        use_torch = via == "torch" or (via == "auto" and has_torch)
-        if not use_torch and not shipped_path(model, "onnx").is_file():
-            why = "" if via == "onnx" else " and torch is not installed"
-            raise DFNError(f"shipped model {model!r}: no ONNX at {shipped_path(model, 'onnx')}{why}, so "
-                           "nothing to measure; use --via torch (needs deepfusionnet[train]) or create it "
-                           "with dfn export")
-        art = resolve(model, "weights" if use_torch else "onnx")
-    else:
-        art = resolve(model)
-        use_torch = art.kind == "weights" and has_torch and via != "onnx"
-
+    art, use_torch = _artifact(model, via)
     m = art.multiple
     ph, pw = -(-height // m) * m, -(-width // m) * m  # the runtime pads to the multiple
     rec: dict = {
@@ -151,8 +156,18 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
             rec["sidecar"] = sc.to_dict()
     if rec["macs"] is not None:
         rec["gmacs"] = round(rec["macs"] / 1e9, 3)
+    if art.kind != "weights":  # weights build their companions in PyTorch when they have attention
+        rec["tile_companions"] = tile_companions(art.path)
     rec["output_size"] = [width * art.scale, height * art.scale]  # padding is cropped off again
     return rec
+
+
+def tile_companions(path) -> list[str] | None:
+    """Names of the ``.context``/``.tile`` graphs beside ``path`` (runtime.tile_context), or None."""
+    from deepfusionnet.runtime.tile_context import ROLES, companion_path
+
+    found = [companion_path(path, r) for r in ROLES]
+    return [f.name for f in found] if all(f.is_file() for f in found) else None
 
 
 def _table(rec: dict) -> str:
@@ -182,6 +197,10 @@ def _table(rec: dict) -> str:
         e = rec["exposure"]
         rows.append(("exposure", f"calibrated: slope {e['slope']:+.4f}, centre {e['centre']:.4f}, "
                                  f"offset {e['offset']:+.4f}"))
+    if "tile_companions" in rec:
+        comp = rec["tile_companions"]
+        rows.append(("tiling", f"tiles share the frame's context ({', '.join(comp)})" if comp
+                     else "no .context/.tile companions: tiles do not share the frame's context"))
     if rec.get("engine_check"):
         rows.append(("engine check", rec["engine_check"]))
     if rec.get("note"):

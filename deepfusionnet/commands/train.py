@@ -8,6 +8,7 @@ DistributedDataParallel (NCCL between GPUs, gloo between CPUs); --batch-size is 
 examples:
   dfn train --data lol/train --out runs/enh --epochs 120 --batch-size 8 --crop 128
   torchrun --nproc_per_node 4 -m deepfusionnet.cli train --data lol/train --out runs/enh --batch-size 32
+  dfn train --qat --data lol/train --out runs/qat --epochs 1 --lr 3e-5 --crop 0 --batch-size 1 --freeze-bn
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "normal-light images as two unpaired domains; validation stays paired")
     p.add_argument("--unpaired-extra", default=None, metavar="DIR",
                    help="with --unpaired: more low-light photos without ground truth (e.g. DICM/LIME)")
+    q = p.add_argument_group("quantization-aware fine-tuning (docs/training.md)")
+    q.add_argument("--qat", action="store_true",
+                   help="fine-tune --init's weights (default: the shipped model) with every convolution "
+                        "fake-quantized as TensorRT runs INT8; export the result with dfn export --precision "
+                        "int8")
+    # choices: train.qat.CALIB_METHODS, not imported here (torch at --help time)
+    q.add_argument("--qat-calib", choices=["percentile", "max", "mse"], default="percentile",
+                   help="how --qat sets each convolution's input range before the first step, on 16 whole "
+                        "training frames: the 99.99th percentile of |x| (default), its maximum, or the range "
+                        "of least squared quantization error")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
@@ -108,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
         lr_step_epochs=args.lr_step_epochs, lr_gamma=args.lr_gamma,
         ssim_weight=args.ssim_weight, pixel_loss=args.pixel_loss, bf16=args.bf16, val_count=args.val_count,
         val_every=args.val_every, seed=args.seed, val_seed=args.val_seed, val_group=args.val_group,
-        checkpoint_minutes=args.checkpoint_minutes, init=args.init, synthetic_prob=args.synthetic_prob,
+        checkpoint_minutes=args.checkpoint_minutes, synthetic_prob=args.synthetic_prob,
+        init=args.init or (args.model if args.qat else None),  # --qat: the shipped weights by default
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
         targets=args.targets, targets_mix=args.targets_mix, device=args.device, amp=args.amp,
         workers=args.workers, compile=args.compile, log_every=args.log_every, unpaired=args.unpaired,
-        unpaired_extra=args.unpaired_extra)
+        unpaired_extra=args.unpaired_extra, qat=args.qat, qat_calib=args.qat_calib)
     if args.unpaired:
         from deepfusionnet.train.unpaired import train_unpaired
 

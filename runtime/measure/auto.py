@@ -46,7 +46,7 @@ from deepfusionnet.errors import DFNError, native_reason
 from deepfusionnet.runtime.artifacts import file_sha256 as artifact_sha256
 from deepfusionnet.runtime.artifacts import read_sidecar
 from deepfusionnet.runtime.backends.base import BACKENDS, Backend, load_backend, unavailable
-from deepfusionnet.runtime.enhancer import DEFAULT_TILE, check_image_io, network_fn
+from deepfusionnet.runtime.enhancer import check_image_io, network_fn
 from deepfusionnet.runtime.images import atomic_write_bytes
 from deepfusionnet.runtime.measure.frames import synthetic_frame
 from deepfusionnet.runtime.measure.machine import isa_features, machine_key
@@ -59,10 +59,10 @@ GATE_DB = 45.0  # backend-internal precision vs FP32 on a real frame
 VARIANT_SANITY_DB = 30.0  # an export-gated variant, run on this backend, vs FP32
 TIMED_RUNS = 3
 VERSION = 2  # bump when the candidates, gate or decision frame change, so old decisions are re-measured
-# The pixels every candidate's decision frame holds together: half a default tile (enhancer.DEFAULT_TILE
-# squared), so the live candidates of a first decision hold about what one decided run holds (measured:
+# The pixels every candidate's decision frame holds together: half a 1024x1024 frame, so the live
+# candidates of a first decision hold about what one decided 1920x1080 run holds (measured:
 # benchmarks/experiments.md, 2026-12-05, session 27).
-DECISION_PIXELS = DEFAULT_TILE * DEFAULT_TILE // 2
+DECISION_PIXELS = 1024 * 1024 // 2
 
 
 @dataclass

@@ -99,15 +99,17 @@ def _decode(png: bytes) -> np.ndarray:
     return np.ascontiguousarray(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
 
 
-def _open_row(row: Row, model: str, size: tuple[int, int], cfg: Settings) -> Runner | None:
-    """Load ``row``'s stages (its load time in the row), or None with the reason as its status."""
+def _open_row(row: Row, model: str, size: tuple[int, int], cfg: Settings, artifacts=None) -> Runner | None:
+    """Load ``row``'s stages (its load time in the row), or None with the reason as its status;
+    ``artifacts``: this row's own folder of graphs instead of ``cfg.artifacts``."""
     reason = cfg.skip(model, row.backend, row.precision, size) if cfg.skip else None
     if reason:
         row.status = reason
         return None
     t0 = time.perf_counter()
     try:
-        runner, detail = open_runner(parse_model_spec(model), row.backend, row.precision, size, cfg.artifacts,
+        runner, detail = open_runner(parse_model_spec(model), row.backend, row.precision, size,
+                                     cfg.artifacts if artifacts is None else artifacts,
                                      cfg.threads, cfg.cache_dir, cfg.device)
     except Unsupported as exc:
         row.status = str(exc) if str(exc).startswith(NOT_MEASURED) else f"skipped: {exc}"
@@ -116,7 +118,7 @@ def _open_row(row: Row, model: str, size: tuple[int, int], cfg: Settings) -> Run
         row.status = f"failed: {exc}"
         return None
     row.load_s = time.perf_counter() - t0
-    row.detail = detail
+    row.detail = detail if artifacts is None else {**detail, "artifacts": str(artifacts)}
     if row.backend == "auto":
         row.picked = " + ".join(s["picked"] for s in detail["stages"])
         row.precision = "/".join(dict.fromkeys(s["picked"].split(" ", 1)[-1] for s in detail["stages"]))
@@ -183,7 +185,8 @@ def _time_round_robin(active: list[tuple[Row, Runner, list]], png: bytes, cfg: S
 
 def _score(row: Row, runner: Runner, cfg: Settings, done: dict) -> None:
     """The row's quality, measured once per (model, backend, precision or pick)."""
-    key = (row.model, row.backend, row.precision if row.backend != "auto" else row.picked)
+    key = (row.model, row.backend, row.precision if row.backend != "auto" else row.picked,
+           row.detail.get("artifacts"))
     if key not in done:
         cfg.log(f"quality: {row.model} {row.backend} {row.precision} on {len(cfg.quality_pairs)} images")
         done[key] = quality(runner, cfg.quality_pairs)
@@ -204,16 +207,20 @@ def _energy(row: Row, runner: Runner, png: bytes, cfg: Settings) -> None:
     row.detail.update(energy_per_frame(lambda: runner.run(rgb), frames, PowerSampler()))
 
 
-def bench_group(model: str, size: tuple[int, int], members: list[tuple[str, str]], cfg: Settings,
+def bench_group(model: str, size: tuple[int, int], members: list[tuple], cfg: Settings,
                 quality_done: dict) -> list[Row]:
-    """Every (backend, precision) of one (model, size): loaded and warmed, then timed round-robin."""
+    """Every (backend, precision) of one (model, size): loaded and warmed, then timed round-robin.
+
+    A member ``(backend, precision, artifacts)`` reads its graphs from its own folder (recorded as
+    ``detail["artifacts"]``), so two graphs of one network at one precision (say a post-training and a
+    quantization-aware INT8 export) are timed in the same rounds."""
     w, h = size
     png = cv2.imencode(".png", synthetic_frame(size)[..., ::-1])[1].tobytes()
-    rows = [Row(model, backend, precision, f"{w}x{h}", runs=0) for backend, precision in members]
+    rows = [Row(model, m[0], m[1], f"{w}x{h}", runs=0) for m in members]
     active: list[tuple[Row, Runner, list]] = []
-    for row in rows:
+    for row, m in zip(rows, members):
         rss0 = rss_mb()
-        runner = _open_row(row, model, size, cfg)
+        runner = _open_row(row, model, size, cfg, m[2] if len(m) > 2 else None)
         if runner is None or not _warm_up(row, runner, png, cfg.warmup, rss0):
             continue
         active.append((row, runner, []))

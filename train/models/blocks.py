@@ -31,12 +31,23 @@ class CBAM(nn.Module):
             nn.Conv2d(hidden, channels, 1, bias=False),
         )
         self.spatial = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+        self.channels = channels
+        # Seam-free tiles (train.models.context): the channel gate's logits of a whole frame are recorded
+        # here, or given here to every tile of it. Plain attributes, not state: weights files are unchanged.
+        self.given: torch.Tensor | None = None
+        self.record: list[torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Reductions instead of AdaptiveAvgPool2d: exports as ReduceMean/ReduceMax for any H, W.
-        avg = x.mean(dim=(2, 3), keepdim=True)
-        mx = x.amax(dim=(2, 3), keepdim=True)
-        x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        if self.given is not None:
+            logits = self.given
+        else:
+            # Reductions instead of AdaptiveAvgPool2d: exports as ReduceMean/ReduceMax for any H, W.
+            avg = x.mean(dim=(2, 3), keepdim=True)
+            mx = x.amax(dim=(2, 3), keepdim=True)
+            logits = self.mlp(avg) + self.mlp(mx)
+            if self.record is not None:
+                self.record.append(logits)
+        x = x * torch.sigmoid(logits)
         s = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * torch.sigmoid(self.spatial(s))
 
