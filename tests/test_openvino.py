@@ -80,3 +80,16 @@ def test_openvino_user_errors(tmp_path):
         load_backend("openvino", bad)
     with pytest.raises(DFNError, match="precision"):
         load_backend("openvino", bad, precision="int4")
+
+
+def test_graphs_of_quantization_aware_weights_are_refused(tmp_path):
+    """OpenVINO 2026.4 computes QAT graphs wrongly (measured: 17 dB from ONNX Runtime): a clear error,
+    never a silently wrong picture; the same graph without the QAT record loads."""
+    import json
+
+    path = tiny_onnx(tmp_path / "q.onnx")
+    load_backend("openvino", path).close()
+    (tmp_path / "q.onnx.json").write_text(json.dumps({"model": "deepfusionnet", "precision": "int8",
+                                                      "calibration": {"method": "qat"}}))
+    with pytest.raises(DFNError, match="quantization-aware"):
+        load_backend("openvino", path)

@@ -244,3 +244,25 @@ def test_qat_options_are_checked(pairs, tmp_path, capsys):
         TrainConfig(data=str(pairs), qat=True).validate()
     with pytest.raises(DFNError, match="--qat-calib"):
         TrainConfig(data=str(pairs), qat=True, init="deepfusionnet", qat_calib="entropy").validate()
+
+
+def test_sr_model_trains_and_exports_with_every_conv_int8(pairs, tmp_path, capsys):
+    """The SR model takes the same path: dfn train --qat --model deepfusionnet-sr (from its shipped weights),
+    then an export whose every Conv, companions included, runs INT8 and which tracks its fake-quant model."""
+    from deepfusionnet.export.pipeline import ExportOptions, export_model
+    from deepfusionnet.runtime.tile_context import companion_path
+
+    out = tmp_path / "sr"
+    assert main([str(a) for a in ["train", "--qat", "--model", "deepfusionnet-sr", "--data", pairs, "--epochs",
+                                  "1", *SMALL, "--crop", "16", "--freeze-bn", "--out", out]]) == 0
+    assert "convolutions fake-quantized" in capsys.readouterr().err
+    graph = tmp_path / "sr-int8.onnx"
+    opts = ExportOptions(precision="int8", check_data=pairs, check_images=2, threads=1, lint=False)
+    res = export_model(out / "last.safetensors", graph, opts)
+    assert res.passed and res.parity.summary()["psnr_min"] >= 40, res.parity.summary()
+    for path in (graph, companion_path(graph, "context"), companion_path(graph, "tile")):
+        g = onnx.load(str(path)).graph
+        prod = _producers(g)
+        convs = [n for n in g.node if n.op_type == "Conv"]
+        assert convs and all(prod[c.input[0]].op_type == "DequantizeLinear" and
+                             prod[c.input[1]].op_type == "DequantizeLinear" for c in convs)

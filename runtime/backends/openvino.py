@@ -120,4 +120,18 @@ class OpenVinoBackend:
 
 
 def load(path: Path, **options) -> OpenVinoBackend:
+    refuse_qat(path)
     return OpenVinoBackend(path, **options)
+
+
+def refuse_qat(path: Path) -> None:
+    """A one-line error for graphs from quantization-aware weights (``dfn train --qat``): OpenVINO 2026.4
+    computes them wrongly (16.7-17.6 dB from ONNX Runtime's output on the same graph, with the f32 hint
+    too; the first wrong tensor is a CBAM's shared MLP on its max-pooled branch), so it must not run them
+    silently. ONNX Runtime and TensorRT run them."""
+    from deepfusionnet.runtime.artifacts import read_sidecar
+
+    calibration = read_sidecar(path).extra.get("calibration")
+    if isinstance(calibration, dict) and calibration.get("method") == "qat":
+        raise DFNError(f"{path}: OpenVINO computes graphs of quantization-aware weights wrongly (measured "
+                       "with OpenVINO 2026.4); run it with --backend onnxruntime or a TensorRT engine")
