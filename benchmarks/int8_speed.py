@@ -15,7 +15,7 @@ convolution produced under autocast, probed once on the eager module), its share
 matmul floor (``runtime.measure.floor``; the torch rows' convolutions counted on the FP32 graph of the
 same network) and mean PSNR over LOL-v1 eval15 (each graph scored once, at its own 600x400 size).
 
-    .venv/bin/python benchmarks/int8_speed.py --qat QAT.safetensors --work /tmp/int8bench \\
+    .venv/bin/python benchmarks/int8_speed.py --qat QAT.safetensors --work int8bench-work \\
         --lol ../shared/data/lol-v1
 
 Exports are cached in ``--work`` (reused while the weights' sha256 matches). Writes

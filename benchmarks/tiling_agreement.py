@@ -26,16 +26,12 @@ import numpy as np
 from deepfusionnet.runtime.enhancer import open_enhancer
 from deepfusionnet.runtime.images import read_image
 from deepfusionnet.runtime.measure.machine import machine_info
+from deepfusionnet.runtime.measure.robustness import two_by_two_tile
 from deepfusionnet.runtime.metrics import psnr
 
 from portable_paths import portable_tree
 
 OUT = Path(__file__).resolve().parent / "results"
-
-
-def two_by_two(w: int, h: int, overlap: int = 32, multiple: int = 8) -> int:
-    """The tile side that cuts a w x h frame into 2 x 2 tiles with at least ``overlap`` px of overlap."""
-    return -(-((max(w, h) + overlap + 1) // 2) // multiple) * multiple
 
 
 def measure(backend: str, photos: list[Path], sizes: list[tuple[int, int]], model: str,
@@ -48,7 +44,7 @@ def measure(backend: str, photos: list[Path], sizes: list[tuple[int, int]], mode
             img = read_image(path)
             for w, h in sizes:
                 frame = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-                side = two_by_two(w, h)
+                side = two_by_two_tile(w, h)
                 whole = replace(e, tile=1 << 30)(frame)
                 t0 = time.perf_counter()
                 tiled = replace(e, tile=side)(frame)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -461,7 +463,10 @@ def write_export(job: ExportJob, graph, info: dict, gate: dict, t0: float) -> Ex
         result = ExportResult(out, sidecar_path(out))
         if job.check_dir is not None:
             result.parity = parity_step(job)
-            sidecar.parity = {"onnxruntime": result.parity.to_json()}
+            # the sidecar travels with the graph: it names it by file name, not where it was written
+            named = result.parity.candidate.replace(str(out), out.name)
+            report = dataclasses.replace(result.parity, candidate=named)
+            sidecar.parity = {"onnxruntime": report.to_json()}
         sidecar.extra["export_options"] = {k: (str(v) if isinstance(v, Path) else v)
                                            for k, v in asdict(opts).items()}
         sidecar.extra["export_seconds"] = round(time.perf_counter() - t0, 1)

@@ -36,7 +36,8 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 # -- graph structure ------------------------------------------------------------------------------
 
-def _producers(graph) -> dict:
+def producers(graph) -> dict:
+    """Each tensor name -> the node that writes it."""
     return {o: n for n in graph.node for o in n.output}
 
 
@@ -48,7 +49,7 @@ def input_convs(graph) -> list[str]:
 
 def output_head(graph) -> list[str]:
     """Nodes from each graph output back to, and including, the nearest convolution (conv + sigmoid)."""
-    prod, seen, out = _producers(graph), set(), []
+    prod, seen, out = producers(graph), set(), []
     stack = [o.name for o in graph.output]
     while stack:
         node = prod.get(stack.pop())
@@ -381,7 +382,7 @@ def int8_from_onnx(proto, reader, method: str = "percentile", exclude: Iterable[
 def attention_convs(graph) -> list[str]:
     """Convolutions of attention branches (CBAM's MLP and 7x7 spatial conv): they read globally or
     channel-pooled tensors, cost almost no MACs, and feed sigmoid gates that scale whole feature maps."""
-    prod = _producers(graph)
+    prod = producers(graph)
     pooled = ("ReduceMean", "ReduceMax")
 
     def from_pool(tensor: str, depth: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from deepfusionnet.errors import DFNError, require
+from deepfusionnet.export.precision import producers
 
 QMAX = 127
 
@@ -38,7 +39,7 @@ def quantize_conv_weights(proto):
     out.CopyFrom(proto)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
     nodes = []
     for i, node in enumerate(graph.node):
         if node.op_type == "Conv":
@@ -73,7 +74,7 @@ def quantize_conv_weights(proto):
 def qdq_summary(proto) -> dict:
     """What the sidecar records of a QAT graph: how many Convs read INT8 inputs and weights."""
     graph = proto.graph
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
     convs = [n for n in graph.node if n.op_type == "Conv"]
 
     def dq(name: str) -> bool:

@@ -319,17 +319,17 @@ def companion_engines(onnx: str | Path, engine: str | Path, options: BuildOption
     """Build the ``.context``/``.tile`` engines beside ``engine`` from the ONNX graph's companions
     (:mod:`deepfusionnet.runtime.tile_context`: tiles that share the frame's attention), with the same
     options -> ``{role: engine path}``. A graph without companions gets none, and stale ones are removed."""
-    from deepfusionnet.runtime.tile_context import ROLES, companion_path
+    from deepfusionnet.runtime.tile_context import ROLES, companion_files, companion_path
 
     onnx_path, engine_path = resolve(onnx).path, Path(engine)
-    sources = {role: companion_path(onnx_path, role) for role in ROLES}
-    if not all(src.is_file() for src in sources.values()):
+    found = companion_files(onnx_path)
+    if found is None:
         for role in ROLES:
             companion_path(engine_path, role).unlink(missing_ok=True)
             sidecar_path(companion_path(engine_path, role)).unlink(missing_ok=True)
         return {}
     return {role: engine_from_onnx(src, companion_path(engine_path, role), options, progress=progress,
-                                   trt=trt, cuda=cuda)["engine"] for role, src in sources.items()}
+                                   trt=trt, cuda=cuda)["engine"] for role, src in zip(ROLES, found)}
 
 
 def _check_options(trt: Any, major: int, options: BuildOptions, onnx_path: Path, precision: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deepfusionnet.runtime.tile_context import CONTEXT, companion_path
+from deepfusionnet.runtime.tile_context import CONTEXT, ROLES, companion_path
 
 PRECISIONS = ("fp32", "fp16")  # and INT8 from quantization-aware weights
 AGREEMENT_DB = 40.0  # tiled vs whole: below it the export warns (nothing a user can change but the model)
@@ -26,7 +26,7 @@ AGREEMENT_DB = 40.0  # tiled vs whole: below it the export warns (nothing a user
 
 def remove_companions(out: Path) -> None:
     """Remove ``out``'s companions: a stale pair would give another graph's context to this one's tiles."""
-    for role in ("context", "tile"):
+    for role in ROLES:
         companion_path(out, role).unlink(missing_ok=True)
 
 
@@ -50,6 +50,7 @@ def companion_graphs(job, peaks_of: Callable) -> dict[str, Any] | None:
         "tile": onx.onnx_from_torch(TileGraph(job.net), opts.opset, opts.exporter,
                                     extra_inputs={CONTEXT: sample}),
     }
+    frames = _calibration_frames(job) if opts.precision == "fp16" else []
     for role, graph in graphs.items():
         graph = onx.simplify(graph) if opts.simplify else graph
         if job.qat:  # the fake quantizers export as Q/DQ: every Conv INT8, as in the main graph
@@ -57,28 +58,34 @@ def companion_graphs(job, peaks_of: Callable) -> dict[str, Any] | None:
 
             graph = onx.reinfer_shapes(quantize_conv_weights(graph))
         if opts.precision == "fp16":
-            graph, _ = prec.fp16_from_onnx(graph, peaks=peaks_of(graph, _feeds(job, graph, role)))
+            graph, _ = prec.fp16_from_onnx(graph, peaks=peaks_of(graph, _feeds(job, frames, role)))
         if opts.size is not None:
             graph = onx.fix_input_size(graph, *opts.size)
         graphs[role] = graph
     return graphs
 
 
-def _feeds(job, graph, role: str) -> list[dict]:
-    """Two calibration frames (and their context, for the tile graph) for FP16's activation peaks."""
+def _calibration_frames(job) -> list[np.ndarray]:
+    """Two calibration frames, as the main graph's FP16 step reads them."""
+    from deepfusionnet.export import precision as prec
+
+    cw, ch = job.opts.calib_size
+    paths = prec.calibration_images(job.calib_dir, 2)
+    return [prec.calibration_frame(p, cw, ch, job.spec.multiple) for p in paths]
+
+
+def _feeds(job, frames: list[np.ndarray], role: str) -> list[dict]:
+    """FP16's activation-peak feeds: the frames (and their context, for the tile graph)."""
     import torch
 
     from deepfusionnet.export import onnx as onx
-    from deepfusionnet.export import precision as prec
     from deepfusionnet.train.models.context import ContextGraph
 
-    cw, ch = job.opts.calib_size
-    frames = [prec.calibration_frame(p, cw, ch, job.spec.multiple)
-              for p in prec.calibration_images(job.calib_dir, 2)]
     if role == "context":
         return [{onx.INPUT: f} for f in frames]
+    context = ContextGraph(job.net)
     with torch.no_grad():
-        return [{onx.INPUT: f, CONTEXT: ContextGraph(job.net)(torch.from_numpy(f)).numpy()} for f in frames]
+        return [{onx.INPUT: f, CONTEXT: context(torch.from_numpy(f)).numpy()} for f in frames]
 
 
 def agreement(main: Path, frames: list[Path], scale: int, multiple: int) -> dict:
@@ -86,6 +93,7 @@ def agreement(main: Path, frames: list[Path], scale: int, multiple: int) -> dict
     from deepfusionnet.runtime.backends.base import load_backend
     from deepfusionnet.runtime.enhancer import network_fn
     from deepfusionnet.runtime.images import read_image
+    from deepfusionnet.runtime.measure.robustness import two_by_two_tile
     from deepfusionnet.runtime.metrics import psnr
     from deepfusionnet.runtime.processing import to_image, to_tensor
     from deepfusionnet.runtime.tile_context import load_tile_context
@@ -96,7 +104,7 @@ def agreement(main: Path, frames: list[Path], scale: int, multiple: int) -> dict
         scores = []
         for path in frames:
             x = to_tensor(read_image(path))
-            side = -(-((max(x.shape[-2:]) + 33) // 2) // multiple) * multiple  # 2 x 2, >= 32 px overlap
+            side = two_by_two_tile(x.shape[-1], x.shape[-2], multiple=multiple)
             whole = network_fn(be, scale, multiple, tile=1 << 30)(x)
             tiled = network_fn(be, scale, multiple, tile=side, context=ctx)(x)
             scores.append(psnr(to_image(tiled), to_image(whole)))
@@ -139,13 +147,10 @@ def write_companions(job, main_graph, graphs: dict, frames: list[Path], gate: Ca
 
 
 def check_frames(job, limit: int = 4) -> list[Path]:
-    """Up to ``limit`` of the export's check images (none without ``--check``)."""
+    """Up to ``limit`` of the export's check inputs as its parity check finds them (none without --check)."""
     if job.check_dir is None:
         return []
-    from deepfusionnet.runtime.images import IMAGE_SUFFIXES
+    from deepfusionnet.runtime.measure.pairs import find_items
 
-    folder = Path(job.check_dir)
-    paths = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*")
-                                                        if p.suffix.lower() in IMAGE_SUFFIXES)
-    return paths[:limit]
+    return [low for low, _ in find_items(job.check_dir, limit)]
 

@@ -50,6 +50,22 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="symmetric"), (h, w)
 
 
+def pad_to_size(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pad NCHW ``x`` at the bottom/right to exactly ``size`` = (H, W), symmetric as in pad_to_multiple."""
+    h, w = x.shape[-2:]
+    return np.pad(x, ((0, 0), (0, 0), (0, size[0] - h), (0, size[1] - w)), mode="symmetric")
+
+
+def resize_tensor(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-resize a float ``(1, 3, H, W)`` tensor to ``size`` = (H, W)."""
+    import cv2
+
+    h, w = size
+    hwc = np.ascontiguousarray(x[0].transpose(1, 2, 0))
+    out = cv2.resize(hwc, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(out.transpose(2, 0, 1)[None])
+
+
 def crop(y: np.ndarray, size: tuple[int, int], scale: int = 1) -> np.ndarray:
     """Undo :func:`pad_to_multiple` on an output that is ``scale`` times the input."""
     h, w = size

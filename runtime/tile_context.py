@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from deepfusionnet.errors import DFNError
 from deepfusionnet.runtime.backends.base import Backend, load_backend
+from deepfusionnet.runtime.processing import resize_tensor
 
 CONTEXT = "context"  # the context graph's output and the tile graph's second input
 ROLES = ("context", "tile")
@@ -28,6 +28,12 @@ def companion_path(path: str | Path, role: str) -> Path:
     """``X.onnx`` -> ``X.context.onnx`` / ``X.tile.onnx`` (the same for ``.engine``, ``.xml`` ...)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.{role}{path.suffix}")
+
+
+def companion_files(path: str | Path) -> list[Path] | None:
+    """``[X.context, X.tile]`` beside ``path`` when both exist, else None."""
+    files = [companion_path(path, r) for r in ROLES]
+    return files if all(f.is_file() for f in files) else None
 
 
 @dataclass
@@ -53,8 +59,8 @@ def load_tile_context(backend: str, path: str | Path, kind: str, **options) -> T
         except DFNError:  # no channel attention in this network: nothing to share
             return None
         return TileContext(ctx, load_backend(backend, path, graph="tile", **options))
-    files = [companion_path(path, r) for r in ROLES]
-    if not all(f.is_file() for f in files):
+    files = companion_files(path)
+    if files is None:
         return None
     ctx = load_backend(backend, files[0], **options)
     try:
@@ -71,9 +77,8 @@ def context_frame(x: np.ndarray, fit: tuple[int, int]) -> np.ndarray:
     s = min(fit[0] / h, fit[1] / w)
     if s >= 1:
         return x
-    size = (min(fit[1], max(1, round(w * s))), min(fit[0], max(1, round(h * s))))
-    small = cv2.resize(np.ascontiguousarray(x[0].transpose(1, 2, 0)), size, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(small.transpose(2, 0, 1)[None], dtype=np.float32)
+    size = (min(fit[0], max(1, round(h * s))), min(fit[1], max(1, round(w * s))))
+    return resize_tensor(np.asarray(x, np.float32), size)
 
 
 def context_input(backend: Backend) -> str:

@@ -164,10 +164,10 @@ def describe(model: str, width: int, height: int, via: str = "auto") -> dict:
 
 def tile_companions(path) -> list[str] | None:
     """Names of the ``.context``/``.tile`` graphs beside ``path`` (runtime.tile_context), or None."""
-    from deepfusionnet.runtime.tile_context import ROLES, companion_path
+    from deepfusionnet.runtime.tile_context import companion_files
 
-    found = [companion_path(path, r) for r in ROLES]
-    return [f.name for f in found] if all(f.is_file() for f in found) else None
+    found = companion_files(path)
+    return [f.name for f in found] if found else None
 
 
 def _table(rec: dict) -> str:

@@ -66,6 +66,12 @@ def well_exposed(model: Callable[[np.ndarray], np.ndarray], images: list[Path]) 
 TILING_SIZES = ((640, 480), (1920, 1080))
 
 
+def two_by_two_tile(w: int, h: int, overlap: int = 32, multiple: int = 8) -> int:
+    """The tile side, a multiple of ``multiple``, that cuts a w x h frame into 2 x 2 tiles overlapping by at
+    least ``overlap`` px (the runtime rounds tiles down to the multiple, so round up here)."""
+    return -(-((max(w, h) + overlap + 1) // 2) // multiple) * multiple
+
+
 def tiling_agreement(enhancer, photo: Path, overlap: int = 32) -> dict:
     """PSNR of 2 x 2 tiles against the whole frame at each of :data:`TILING_SIZES` (an Enhancer: its
     ``tile`` is replaced; the exposure gate is off, to compare the networks' outputs)."""
@@ -76,7 +82,8 @@ def tiling_agreement(enhancer, photo: Path, overlap: int = 32) -> dict:
     for w, h in TILING_SIZES:
         frame = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         whole = replace(enhancer, tile=1 << 30, gate=None)(frame)
-        tiled = replace(enhancer, tile=(max(w, h) + overlap + 1) // 2, overlap=overlap, gate=None)(frame)
+        tile = two_by_two_tile(w, h, overlap, enhancer.artifact.multiple)
+        tiled = replace(enhancer, tile=tile, overlap=overlap, gate=None)(frame)
         out[f"{w}x{h}"] = float(psnr(tiled, whole))
     return out
 
