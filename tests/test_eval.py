@@ -78,6 +78,27 @@ def test_network_improves_on_input(crops2, capsys):
     assert out["psnr"] > np.mean(inputs) + 5
 
 
+def test_fast_scores_the_chain_dfn_enhance_fast_runs(crops2, capsys):
+    """--fast scores the half-size enhancer + 2x SR chain at the input's size: the same images dfn enhance
+    --fast writes, a different score from the full-size enhancer's."""
+    from deepfusionnet.runtime.enhancer import Chain, open_enhancer
+
+    argv = ["eval", "deepfusionnet", "--backend", "onnxruntime", "--data", str(crops2), "--json"]
+    full, fast = _json(capsys, argv), _json(capsys, [*argv, "--fast"])
+    assert fast["mode"] == "fast" and fast["sr_model"] == "deepfusionnet-sr" and fast["task"] == "enhance"
+    assert "mode" not in full and abs(fast["psnr"] - full["psnr"]) > 0.01
+    chain = Chain(open_enhancer("deepfusionnet", "onnxruntime"),
+                  open_enhancer("deepfusionnet-sr", "onnxruntime"), fast=True)
+    try:
+        outs = [chain(read_image(lo)) for lo, _ in find_pairs(crops2)]
+    finally:
+        chain.close()
+    want = np.mean([psnr(o, read_image(hi)) for o, (_, hi) in zip(outs, find_pairs(crops2))])
+    assert fast["psnr"] == pytest.approx(want, abs=1e-6)
+    assert main(["eval", "baseline:he", "--data", str(crops2), "--fast"]) == 1
+    assert "--fast" in capsys.readouterr().err
+
+
 def test_paper_protocol_resizes_to_256(full3):
     pairs = find_pairs(full3)[:1]
     res = evaluate(get_baseline("he"), pairs, protocol="paper")

@@ -91,9 +91,30 @@ def test_every_conv_is_fake_quantized_and_calibrated():
     assert 0 < (out - ref).abs().max() < 0.2
 
 
+def test_frames_calibration_keeps_dark_frames_resolution():
+    """The default calibration (75th percentile of per-frame peaks) gives a dark frame back far closer to the
+    float network than ranges pooled over every frame, which a single bright frame sets."""
+    model, _ = load_model(SHIPPED)
+    qat.quantize_convs(model)
+    g = torch.Generator().manual_seed(0)
+    dark = [torch.rand(1, 3, 48, 64, generator=g) * 0.03 for _ in range(3)]
+    bright = torch.rand(1, 3, 48, 64, generator=g)
+
+    def fidelity(method: str) -> float:
+        qat.calibrate(model, [*dark, bright], method)
+        with torch.no_grad():
+            q = model(dark[0])
+            with qat.quantizers_off(model):
+                f = model(dark[0])
+        return float(-10 * torch.log10(((q - f) ** 2).mean()))
+
+    assert fidelity("frames") > fidelity("max") + 4
+
+
 def test_fake_quant_is_symmetric_int8_per_tensor_input_per_channel_weight():
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-    qat.quantize_convs(conv)
+    qat.quantize_convs(torch.nn.Sequential(torch.nn.ReLU6(), conv))  # an inner conv: no image centring
+    assert not hasattr(conv, qat.OFFSET)
     conv.input_amax.fill_(0.5)
     x = torch.rand(1, 3, 8, 8) - 0.2
     s = 0.5 / 127
@@ -105,6 +126,38 @@ def test_fake_quant_is_symmetric_int8_per_tensor_input_per_channel_weight():
     # Saturation as QuantizeLinear's: [-128, 127] times the scale, zero point 0
     clipped = qat.fake_quant_tensor(torch.tensor([10.0, -10.0, 0.0]), s)
     assert torch.allclose(clipped, torch.tensor([127 * s, -128 * s, 0.0]))
+
+
+def test_image_convs_are_centred_and_exact_at_the_border():
+    """The convs that read the image quantize it centred on 0.5 (range 0.5: 1/254 steps, its 8 bits), after
+    zero padding, so even border pixels get what the float conv of the INT8 image gives."""
+    model = create_model("deepfusionnet").eval()
+    qat.quantize_convs(model)
+    assert [n for n, m in model.named_modules() if hasattr(m, qat.OFFSET)] == ["head.a.0", "head.b.0"]
+    ranges = qat.calibrate(model, frames(2), "percentile")
+    assert ranges["head.a.0"] == ranges["head.b.0"] == 0.5
+    conv, x, s = model.head.b[0], frames(1)[0], 0.5 / 127  # 5x5, padding 2
+    image = torch.clamp(torch.round((x - 0.5) / s), -128, 127) * s + 0.5  # the image as INT8 holds it
+    want = torch.nn.functional.conv2d(image, qat.fake_quant_weight(conv.weight), conv.bias, padding=2)
+    with torch.no_grad():
+        got = conv(x)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_weights_from_before_centring_load_uncentred(qat_weights, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(qat_weights))
+    old = {k: v for k, v in state.items() if not k.endswith("." + qat.OFFSET)}
+    assert len(old) == len(state) - 2
+    from safetensors import safe_open
+
+    with safe_open(str(qat_weights), "pt") as f:
+        meta = f.metadata()
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=meta)
+    model, _ = load_model(tmp_path / "old.safetensors")
+    assert float(model.head.a[0].input_offset) == 0.0
+    assert float(load_model(qat_weights)[0].head.a[0].input_offset) == 0.5
 
 
 def test_weights_file_carries_the_ranges(qat_weights):
@@ -220,7 +273,8 @@ def test_qat_training_resumes_exactly(pairs, tmp_path, capsys):
     assert main([str(a) for a in [*args, "--out", straight]]) == 0
     err = capsys.readouterr().err
     assert "QAT: 46 convolutions fake-quantized" in err and "training with fp32" in err
-    assert json.loads((straight / "config.json").read_text())["init"] == "deepfusionnet"
+    config = json.loads((straight / "config.json").read_text())
+    assert config["init"] == config["teacher"] == "deepfusionnet"  # it distils its float init
     assert main([str(a) for a in [*args, "--out", split, "--max-steps", "1"]]) == 0
     assert main([str(a) for a in [*args, "--out", split, "--resume"]]) == 0
     assert "resuming" in capsys.readouterr().err
@@ -228,10 +282,37 @@ def test_qat_training_resumes_exactly(pairs, tmp_path, capsys):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     amax = [k for k in a if k.endswith(".input_amax")]
     assert len(amax) == 46
+    # The calibrated network is validated before the first step (epoch 0), the resumed run's log alike.
+    for run in (straight, split):
+        rows = json.loads((run / "metrics.json").read_text())
+        assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[0]["val_psnr"] > 0
     model, _ = load_model(straight / "last.safetensors")
     init, _ = load_model(SHIPPED)
     moved = [k for k, v in init.state_dict().items() if v.is_floating_point() and not torch.equal(v, a[k])]
     assert moved  # it trained
+
+
+def test_learned_ranges_train_and_resume_exactly(pairs, tmp_path, capsys):
+    """--qat-ranges learned: the calibrated input ranges move with training (fixed ones stay as calibrated),
+    and a run cut short resumes to the same weights and ranges (their optimizer groups included)."""
+    from safetensors.torch import load_file
+
+    args = ["train", "--qat", "--data", pairs, "--epochs", "2", *SMALL, "--freeze-bn", "--lr", "1e-3"]
+    fixed, straight, split = tmp_path / "fixed", tmp_path / "straight", tmp_path / "split"
+    assert main([str(a) for a in [*args, "--out", fixed]]) == 0
+    learned = [*args, "--qat-ranges", "learned"]
+    assert main([str(a) for a in [*learned, "--out", straight]]) == 0
+    assert main([str(a) for a in [*learned, "--out", split, "--max-steps", "1"]]) == 0
+    assert main([str(a) for a in [*learned, "--out", split, "--resume"]]) == 0
+    capsys.readouterr()
+    f, a, b = (load_file(str(d / "last.safetensors")) for d in (fixed, straight, split))
+    assert a.keys() == b.keys() == f.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    amax = [k for k in a if k.endswith(".input_amax")]
+    moved = [k for k in amax if not torch.allclose(a[k], f[k], rtol=1e-4)]
+    assert len(moved) > len(amax) // 2, f"{len(moved)} of {len(amax)} ranges moved"
+    model, _ = load_model(straight / "last.safetensors")  # loads as a fake-quant model, ranges as buffers
+    assert qat.is_quantized(model) and all(float(m.input_amax) > 0 for m in model.modules()
+                                           if isinstance(m, qat.QuantConv2d))
 
 
 def test_qat_options_are_checked(pairs, tmp_path, capsys):
@@ -244,6 +325,25 @@ def test_qat_options_are_checked(pairs, tmp_path, capsys):
         TrainConfig(data=str(pairs), qat=True).validate()
     with pytest.raises(DFNError, match="--qat-calib"):
         TrainConfig(data=str(pairs), qat=True, init="deepfusionnet", qat_calib="entropy").validate()
+    with pytest.raises(DFNError, match="--qat-ranges"):
+        TrainConfig(data=str(pairs), qat=True, init="deepfusionnet", qat_ranges="lsq").validate()
+
+
+def test_qat_distils_its_float_init_unless_told_otherwise():
+    import argparse
+
+    from deepfusionnet.commands.train import teacher_of
+
+    def args(**kw):
+        return argparse.Namespace(**{"teacher": None, "qat": True, "init": None, "model": "deepfusionnet",
+                                     "targets": None, **kw})
+
+    assert teacher_of(args()) == "deepfusionnet"
+    assert teacher_of(args(init="mine.safetensors")) == "mine.safetensors"
+    assert teacher_of(args(teacher="none")) is None
+    assert teacher_of(args(targets="dir")) is None  # a folder of teacher outputs instead
+    assert teacher_of(args(qat=False)) is None
+    assert teacher_of(args(qat=False, teacher="big.safetensors")) == "big.safetensors"
 
 
 def test_sr_model_trains_and_exports_with_every_conv_int8(pairs, tmp_path, capsys):

@@ -564,6 +564,33 @@ def test_targets_train_toward_the_teacher_and_validate_on_the_ground_truth(tiny,
     assert abs(moved.mean().item() - (grey + truth) / 2) < abs(kept.mean().item() - (grey + truth) / 2)
 
 
+def test_teacher_trains_toward_its_outputs_on_the_same_input(tiny, tmp_path, capsys):
+    """``--teacher`` distils on the fly: trained toward an untrained network's colour-cast outputs (far from
+    every ground truth), the student's outputs take on its cast; the same run on the ground truth's do not."""
+    from deepfusionnet.train import data as D
+
+    torch.manual_seed(1)
+    teacher = create_model("deepfusionnet")
+    with torch.no_grad():
+        teacher.tail.bias.copy_(torch.tensor([2.0, -2.0, 0.0]))  # a magenta cast no ground truth has
+    teacher_path = tmp_path / "teacher.safetensors"
+    save_weights(teacher, "deepfusionnet", teacher_path)
+    out, plain = tmp_path / "run", tmp_path / "plain"
+    assert dfn(capsys, *train_args(tiny, out, 4, "--teacher", teacher_path, "--lr", "1e-2"))[0] == 0
+    assert dfn(capsys, *train_args(tiny, plain, 4, "--lr", "1e-2"))[0] == 0
+    assert json.loads((out / "config.json").read_text())["teacher"] == str(teacher_path)
+    pairs = D.load_pairs(tiny)
+    x = torch.from_numpy(np.stack([D._chw(lo) for lo in pairs.low]))
+    with torch.no_grad():
+        target = load_model(teacher_path)[0].eval()(x)
+        moved = load_model(out / "last.safetensors")[0].eval()(x)
+        kept = load_model(plain / "last.safetensors")[0].eval()(x)
+    def cast(y):  # red over green: the teacher's cast
+        return float((y[:, 0] - y[:, 1]).mean())
+
+    assert cast(target) > 0.5 and cast(moved) > cast(kept) + 0.03, (cast(target), cast(moved), cast(kept))
+
+
 def test_with_targets_blends_and_names_what_is_missing(tiny, tmp_path):
     from deepfusionnet.train import data as D
 
@@ -587,6 +614,9 @@ def test_with_targets_blends_and_names_what_is_missing(tiny, tmp_path):
     (["--targets-mix", "0"], "--targets-mix"),
     (["--targets", "nowhere"], "nowhere"),
     (["--model", "deepfusionnet-sr", "--targets", "."], "enhancer"),
+    (["--targets", ".", "--teacher", "deepfusionnet"], "--teacher"),
+    (["--teacher", "deepfusionnet-sr"], "does not do deepfusionnet's job"),
+    (["--teacher", "nowhere.safetensors"], "nowhere"),
 ])
 def test_targets_errors_are_one_line(tiny, tmp_path, capsys, args, needle):
     code, err = dfn(capsys, *train_args(tiny, tmp_path / "run", 1, *args))

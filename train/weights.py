@@ -156,10 +156,11 @@ def load_model(path: str | Path, name: str | None = None, default: str | None = 
     if model_name == "deepfusionnet-sr" and "sr_skip" not in state:
         model_name = "deepfusionnet-sr-paper"  # SR weights without the skip (no sr_skip): the paper's block
     model = create_model(model_name)
-    from deepfusionnet.train.qat import is_qat_state, quantize_convs
+    from deepfusionnet.train.qat import is_qat_state, quantize_convs, with_offsets
 
     if is_qat_state(state, meta):  # dfn train --qat weights: the fake-quantized network, with its ranges
         quantize_convs(model)
+        state = with_offsets(model, state)
     problems = _mismatch(model, state)
     if problems:
         raise DFNError(f"{path}: weights do not fit model {model_name!r} (a different model's weights?): {problems}")

@@ -331,7 +331,6 @@ def check_tiling(args) -> int:
 
 def open_chain(args, size=None):
     """The processing chain for these arguments; ``size`` (H, W) of the frames when known (for auto)."""
-    from deepfusionnet.errors import DFNError
     from deepfusionnet.runtime.enhancer import Chain, open_enhancer
 
     tile = check_tiling(args)
@@ -346,21 +345,33 @@ def open_chain(args, size=None):
                              **options)
     sr = None
     if args.upscale == 2 or args.fast:
-        try:
-            sr_backend, sr_model, sr_options = choose_backend(args.sr_model, args.backend, size,
-                                                              remeasure)
+
+        def open_sr():
+            sr_backend, sr_model, sr_options = choose_backend(args.sr_model, args.backend, size, remeasure)
             sr_options = {**sr_options, **torch_device_options(args.device, sr_backend)}
-            sr = open_enhancer(sr_model, sr_backend, tile=tile, overlap=args.overlap, tta=args.tta, **side,
-                               **sr_options)
-        except BaseException:
-            enhancer.close()
-            raise
-        if sr.scale < 2:
-            enhancer.close()
-            sr.close()
-            raise DFNError(f"--sr-model {args.sr_model}: scale {sr.scale}, not an upscaling model "
-                           "(set \"scale\": 2 in its .json sidecar if it is one)")
+            return open_enhancer(sr_model, sr_backend, tile=tile, overlap=args.overlap, tta=args.tta, **side,
+                                 **sr_options)
+
+        sr = open_sr_stage(enhancer, args.sr_model, open_sr)
     return Chain(enhancer, sr, fast=args.fast)
+
+
+def open_sr_stage(enhancer, sr_model: str, open_sr):
+    """``open_sr()``, the upscaler that follows ``enhancer`` (closed, with the upscaler, when it fails or
+    does not upscale)."""
+    from deepfusionnet.errors import DFNError
+
+    try:
+        sr = open_sr()
+    except BaseException:
+        enhancer.close()
+        raise
+    if sr.scale < 2:
+        enhancer.close()
+        sr.close()
+        raise DFNError(f"--sr-model {sr_model}: scale {sr.scale}, not an upscaling model "
+                       "(set \"scale\": 2 in its .json sidecar if it is one)")
+    return sr
 
 
 # ---------------------------------------------------------------------------------------------------

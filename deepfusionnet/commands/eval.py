@@ -10,6 +10,7 @@ examples:
   dfn eval model.fp16.engine --data lol/eval15 --json > scores.json
   dfn eval baseline:lime --data lol/eval15 --sheet lime.png
   dfn eval deepfusionnet-sr --data lol/eval15 --backend torch
+  dfn eval int8.onnx --fast --sr-model sr-int8.onnx --data lol/eval15   # what dfn enhance --fast runs
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lol: full resolution (standard); paper: resize to 256x256 as the seed paper did")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N pairs")
     p.add_argument("--seed", type=int, default=0, help="seed of the SR degradation (default 0)")
-    p.add_argument("--tile", type=int, default=1024, help="tile size for large frames (default 1024)")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="score frames larger than N pixels on a side in N x N tiles, as dfn enhance runs them "
+                        "(default 2048)")
     add_tta_argument(p)
     add_gate_argument(p)
+    p.add_argument("--fast", action="store_true",
+                   help="score what dfn enhance --fast runs: the model at half resolution, then --sr-model "
+                        "back to full size")
+    p.add_argument("--sr-model", default="deepfusionnet-sr", metavar="NAME|PATH",
+                   help="SR model of --fast (default: %(default)s)")
     p.add_argument("--robustness", action="store_true",
                    help="also feed the normal-light images as inputs (PSNR of output vs input, newly clipped and "
                         "hue-shifted pixels) and measure video flicker on noisy clips of the low-light images, "
@@ -62,19 +70,24 @@ def _choose(model: str, backend: str) -> tuple[str, str, dict]:
     return choose_backend(model, "auto")
 
 
-def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1, device: str | None = None,
-               gate: bool = True):
+def open_model(model: str, backend: str = "auto", tile: int | None = None, tta: int = 1,
+               device: str | None = None, gate: bool = True, fast_sr: str | None = None):
     """``(callable model, description dict)`` for a baseline or any artifact on ``backend`` (the torch
-    backend on ``device``)."""
+    backend on ``device``); with ``fast_sr`` (an SR model) the chain ``dfn enhance --fast`` runs."""
     from deepfusionnet.errors import DFNError
+    from deepfusionnet.runtime.enhancer import DEFAULT_TILE
     from deepfusionnet.runtime.measure.baselines import get_baseline, is_baseline
 
+    tile = DEFAULT_TILE if tile is None else tile
     if is_baseline(model):
         if tta != 1:
             raise DFNError(f"{model}: --tta averages a network's passes; a baseline has none to average")
         if device is not None:
             raise DFNError(f"{model}: a classical baseline runs in numpy on the CPU; "
                            "--device places the torch backend")
+        if fast_sr is not None:
+            raise DFNError(f"{model}: --fast chains a network with an SR model; a baseline has no "
+                           "half-size pass")
         b = get_baseline(model)
         return b, {"model": b.name, "artifact": None, "backend": "numpy", "precision": "fp32",
                    "description": b.description, "tta": 1}
@@ -86,10 +99,25 @@ def open_model(model: str, backend: str = "auto", tile: int = 1024, tta: int = 1
     options = {**options, **torch_device_options(device, name)}
     enh = open_enhancer(target, name, tile=tile, tta=tta, gate=gate, **options)
     a = enh.artifact
-    return enh, {"model": a.model, "artifact": str(a.path), "backend": enh.backend.name,
-                 "precision": a.precision, "backend_options": options, "tta": tta,
-                 "exposure_gate": "on" if enh.gate is not None else "off",
-                 "exposure": asdict(a.exposure) if a.exposure is not None else None}
+    desc = {"model": a.model, "artifact": str(a.path), "backend": enh.backend.name,
+            "precision": a.precision, "backend_options": options, "tta": tta,
+            "exposure_gate": "on" if enh.gate is not None else "off",
+            "exposure": asdict(a.exposure) if a.exposure is not None else None}
+    if fast_sr is None:
+        return enh, desc
+    return _fast_chain(enh, fast_sr, backend, tile, tta, device), desc
+
+
+def _fast_chain(enh, sr_model: str, backend: str, tile: int, tta: int, device: str | None):
+    """``enh`` at half size, then ``sr_model`` back to full size: the chain ``dfn enhance --fast`` runs."""
+    from deepfusionnet.commands.enhance import open_sr_stage
+    from deepfusionnet.runtime.enhancer import Chain, open_enhancer
+
+    def open_sr():
+        name, target, options = _choose(sr_model, backend)
+        return open_enhancer(target, name, tile=tile, tta=tta, **options, **torch_device_options(device, name))
+
+    return Chain(enh, open_sr_stage(enh, sr_model, open_sr), fast=True)
 
 
 def robustness(model, pairs: list, clips: int = 2) -> dict:
@@ -138,7 +166,11 @@ def run(args: argparse.Namespace) -> int:
     if args.sheet and not is_image_path(args.sheet):
         raise DFNError(f"{args.sheet}: the contact sheet needs an image suffix (.png)")
     model, desc = open_model(args.model, args.backend, args.tile, args.tta, args.device,
-                             args.exposure_gate == "on")
+                             args.exposure_gate == "on", args.sr_model if args.fast else None)
+    if args.fast:
+        sr = model.sr
+        desc = {**desc, "mode": "fast", "sr_model": sr.artifact.model, "sr_artifact": str(sr.artifact.path),
+                "sr_backend": sr.backend.name, "sr_precision": sr.artifact.precision}
     sheet = None
     if args.sheet:
         from deepfusionnet.runtime.measure.sheet import ContactSheet
@@ -153,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.json:
         tta = f", self-ensemble x{args.tta}" if args.tta > 1 else ""
-        print(f"dfn eval: {desc['model']} ({desc['precision']}{tta}) on {desc['backend']}, {len(pairs)} pairs "
+        fast = (f" at half size, then {desc['sr_model']} ({desc['sr_precision']}) on {desc['sr_backend']}"
+                if args.fast else "")
+        print(f"dfn eval: {desc['model']} ({desc['precision']}{tta}) on {desc['backend']}{fast}, {len(pairs)} pairs "
               f"from {args.data} (protocol {args.protocol})", file=sys.stderr)
     try:
         result = evaluate(model, pairs, args.protocol, args.seed, on_image)

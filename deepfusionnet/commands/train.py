@@ -87,23 +87,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. dfn enhance --tta LOW -o DIR); validation still uses the ground truth")
     p.add_argument("--targets-mix", type=float, default=1.0, metavar="W",
                    help="teacher's share of the training target: (1-W)*ground truth + W*teacher (default 1)")
+    p.add_argument("--teacher", default=None, metavar="WEIGHTS",
+                   help="distil on the fly: train toward this model's output on the same input (a weights "
+                        "file or shipped name); --targets-mix blends it with the ground truth. --qat: its "
+                        "--init in float by default (pass --teacher none to train on the ground truth)")
     p.add_argument("--unpaired", action="store_true",
                    help="train a CycleGAN (models with a discriminator: cyclegan-ema-aspp): the low- and "
                         "normal-light images as two unpaired domains; validation stays paired")
     p.add_argument("--unpaired-extra", default=None, metavar="DIR",
                    help="with --unpaired: more low-light photos without ground truth (e.g. DICM/LIME)")
+    _add_qat_arguments(p)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke tests)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def _add_qat_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quantization-aware fine-tuning (docs/training.md)")
     q.add_argument("--qat", action="store_true",
                    help="fine-tune --init's weights (default: the shipped model) with every convolution "
                         "fake-quantized as TensorRT runs INT8; export the result with dfn export --precision "
                         "int8")
     # choices: train.qat.CALIB_METHODS, not imported here (torch at --help time)
-    q.add_argument("--qat-calib", choices=["percentile", "max", "mse"], default="percentile",
+    q.add_argument("--qat-calib", choices=["auto", "frames", "percentile", "max", "mse"], default="auto",
                    help="how --qat sets each convolution's input range before the first step, on 16 whole "
-                        "training frames: the 99.99th percentile of |x| (default), its maximum, or the range "
-                        "of least squared quantization error")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (smoke tests)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+                        "training frames: frames = the 75th percentile over the frames of each frame's peak "
+                        "(dark frames keep their resolution), percentile = the 99.99th percentile of |x| "
+                        "pooled over all frames, max, or mse = the least squared quantization error; "
+                        "auto (default): frames for an enhancer, percentile for SR")
+    q.add_argument("--qat-ranges", choices=["fixed", "learned"], default="fixed",
+                   help="learned: the calibrated input ranges train with the weights (LSQ); fixed: they stay "
+                        "as calibrated (default)")
+
+
+def teacher_of(args: argparse.Namespace) -> str | None:
+    """--teacher, where --qat defaults to its own float --init (the network it learns to reproduce in INT8)."""
+    if args.teacher is not None:
+        return None if args.teacher.lower() == "none" else args.teacher
+    if args.qat and not args.targets:
+        return args.init or args.model
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,9 +144,10 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes, synthetic_prob=args.synthetic_prob,
         init=args.init or (args.model if args.qat else None),  # --qat: the shipped weights by default
         threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
-        targets=args.targets, targets_mix=args.targets_mix, device=args.device, amp=args.amp,
+        targets=args.targets, targets_mix=args.targets_mix, teacher=teacher_of(args), device=args.device, amp=args.amp,
         workers=args.workers, compile=args.compile, log_every=args.log_every, unpaired=args.unpaired,
-        unpaired_extra=args.unpaired_extra, qat=args.qat, qat_calib=args.qat_calib)
+        unpaired_extra=args.unpaired_extra, qat=args.qat, qat_calib=args.qat_calib,
+        qat_ranges=args.qat_ranges)
     if args.unpaired:
         from deepfusionnet.train.unpaired import train_unpaired
 
