@@ -79,29 +79,29 @@ class QuantConv2d(nn.Conv2d):
         if not self.enabled:
             return super().forward(x)
         exporting = torch.onnx.is_in_onnx_export()
-        offset = float(getattr(self, OFFSET, 0.0))
-        padding = self.padding
-        if offset:
+        centred = hasattr(self, OFFSET)  # a tensor op, not a Python float: no device sync per forward
+        padding, bias = self.padding, self.bias
+        if centred:
             # Zero-pad the image first, then centre: the border sees the zeros the float conv sees (centring
             # after the conv's own padding made the border 0.5 and cost the SR model 0.4 dB).
             ph, pw = self.padding
-            x = nn.functional.pad(x, (pw, pw, ph, ph)) - offset
-            padding = (0, 0)
+            x = nn.functional.pad(x, (pw, pw, ph, ph)) - self.input_offset
+            padding, bias = (0, 0), self._centred_bias(exporting)
         if exporting:  # a Python float, so the scale is a constant the TensorRT gate accepts
             x = fake_quant_tensor(x, float(self.input_amax) / QMAX)
         elif self.input_amax.requires_grad:
             x = fake_quant_learned(x, self.input_amax)
         else:
             x = fake_quant_tensor(x, (self.input_amax / QMAX).float())
-        quantized = fake_quant_weight(self.weight)
-        bias = self.bias
-        if offset:  # conv(x - c) + c * sum(w) = conv(x) away from the zero padding; a constant in export
-            shift = offset * quantized.sum(dim=(1, 2, 3))
-            if exporting:  # a constant initializer, not ops on the weights (values, not a trace)
-                shift = torch.tensor(shift.detach().cpu().tolist(), dtype=shift.dtype, device=shift.device)
-            bias = shift if bias is None else bias + shift
-        return nn.functional.conv2d(x, self.weight if exporting else quantized, bias, self.stride, padding,
-                                    self.dilation, self.groups)
+        weight = self.weight if exporting else fake_quant_weight(self.weight)
+        return nn.functional.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+    def _centred_bias(self, exporting: bool) -> torch.Tensor:
+        """The bias that adds the centre back: conv(x - c) + c * sum(w) = conv(x), the INT8 weights' sum."""
+        shift = self.input_offset * fake_quant_weight(self.weight).sum(dim=(1, 2, 3))
+        if exporting:  # a constant initializer in the graph, not ops on the weights
+            shift = torch.tensor(shift.detach().cpu().tolist(), dtype=shift.dtype, device=shift.device)
+        return shift if self.bias is None else self.bias + shift
 
 
 def fake_quant_tensor(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -128,7 +128,7 @@ def learn_ranges(model: nn.Module) -> list[dict]:
     for m in model.modules():
         if isinstance(m, QuantConv2d) and not isinstance(m.input_amax, nn.Parameter):
             value = m.input_amax.detach().clone()
-            del m._buffers[AMAX]
+            delattr(m, AMAX)  # the buffer; a parameter of the same name takes its place in the state dict
             m.input_amax = nn.Parameter(value)
             groups.append({"params": [m.input_amax], "lr_scale": RANGE_LR_SCALE * float(value)})
     return groups
@@ -166,8 +166,10 @@ def image_convs(model: nn.Module, side: int = 64) -> list[nn.Module]:
     """The :class:`QuantConv2d` modules whose input is the model's input tensor itself (found by running a
     ``side`` x ``side`` frame; a model it does not fit gets none)."""
     convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
-    p = next(model.parameters())
-    x = torch.zeros(1, convs[0].in_channels if convs else 3, side, side, device=p.device, dtype=p.dtype)
+    if not convs:
+        return []
+    w = convs[0].weight
+    x = torch.zeros(1, convs[0].in_channels, side, side, device=w.device, dtype=w.dtype)
     found = []
     hooks = [m.register_forward_pre_hook(lambda mod, args: found.append(mod) if args[0] is x else None)
              for m in convs]

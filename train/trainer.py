@@ -168,7 +168,6 @@ class TrainConfig:
         if self.targets and get_spec(self.model).scale != 1:
             raise DFNError("--targets applies to the enhancer; the SR model's targets are the normal-light images")
 
-
     def _validate_qat(self) -> None:
         from deepfusionnet.train.qat import CALIB_METHODS, RANGE_MODES
 
@@ -181,7 +180,6 @@ class TrainConfig:
             raise DFNError(f"--qat-ranges must be one of {', '.join(RANGE_MODES)}")
         if self.unpaired:
             raise DFNError("--qat fine-tunes paired runs; it does not combine with --unpaired")
-
 
 # Options that may change between a run and its resumption without changing what is learned. "out": a run
 # folder may be moved. "bf16": a run may move to a machine with(out) bf16 hardware; like "threads" it changes
@@ -489,8 +487,8 @@ def _open_run(cfg: TrainConfig, resume: bool) -> dict | tuple:
     caps = dev.probe()
     device = dev.resolve_device(cfg.device, caps, *dev.local_rank())
     # QAT emulates INT8 in FP32 arithmetic, as the export's Q/DQ graph defines it: no autocast.
-    off = cfg.qat
-    arithmetic = dev.choose_arithmetic(device, "off" if off else cfg.bf16, "off" if off else cfg.amp, caps)
+    bf16, amp = ("off", "off") if cfg.qat else (cfg.bf16, cfg.amp)
+    arithmetic = dev.choose_arithmetic(device, bf16, amp, caps)
     if cfg.batch_size % _world()[1]:  # before joining the group: every process refuses alike, none waits
         raise DFNError(f"--batch-size {cfg.batch_size} is the global batch; it does not split evenly over "
                        f"{_world()[1]} processes (use a multiple of {_world()[1]})")
@@ -835,6 +833,10 @@ class _Run:
         40 held-out pairs and one epoch of fine-tuning 22.39 (benchmarks/experiments.md)."""
         row = {"epoch": 0, "step": 0, "lr": self.lr_at(0), "loss": float("nan")}
         self.validate(row)
+        self.log_row(row)
+
+    def log_row(self, row: dict) -> None:
+        """Rank 0: ``row`` into the history, metrics.json/csv and the log."""
         self.history.append(row)
         _write_metrics(self.out, self.history)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -854,9 +856,7 @@ class _Run:
         if self.rank == 0 and validate_now:
             self.validate(row)
         if self.rank == 0:
-            self.history.append(row)
-            _write_metrics(self.out, self.history)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            self.log_row(row)
         self.losses = LossLog([], self.world)
         self.checkpoint(self.epoch, 0, [])
         self.last_ckpt = time.monotonic()

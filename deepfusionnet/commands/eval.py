@@ -105,7 +105,11 @@ def open_model(model: str, backend: str = "auto", tile: int | None = None, tta: 
             "exposure": asdict(a.exposure) if a.exposure is not None else None}
     if fast_sr is None:
         return enh, desc
-    return _fast_chain(enh, fast_sr, backend, tile, tta, device), desc
+    chain = _fast_chain(enh, fast_sr, backend, tile, tta, device)
+    sr = chain.sr
+    return chain, {**desc, "mode": "fast", "sr_model": sr.artifact.model,
+                   "sr_artifact": str(sr.artifact.path), "sr_backend": sr.backend.name,
+                   "sr_precision": sr.artifact.precision}
 
 
 def _fast_chain(enh, sr_model: str, backend: str, tile: int, tta: int, device: str | None):
@@ -115,7 +119,8 @@ def _fast_chain(enh, sr_model: str, backend: str, tile: int, tta: int, device: s
 
     def open_sr():
         name, target, options = _choose(sr_model, backend)
-        return open_enhancer(target, name, tile=tile, tta=tta, **options, **torch_device_options(device, name))
+        options = {**options, **torch_device_options(device, name)}
+        return open_enhancer(target, name, tile=tile, tta=tta, **options)
 
     return Chain(enh, open_sr_stage(enh, sr_model, open_sr), fast=True)
 
@@ -167,10 +172,6 @@ def run(args: argparse.Namespace) -> int:
         raise DFNError(f"{args.sheet}: the contact sheet needs an image suffix (.png)")
     model, desc = open_model(args.model, args.backend, args.tile, args.tta, args.device,
                              args.exposure_gate == "on", args.sr_model if args.fast else None)
-    if args.fast:
-        sr = model.sr
-        desc = {**desc, "mode": "fast", "sr_model": sr.artifact.model, "sr_artifact": str(sr.artifact.path),
-                "sr_backend": sr.backend.name, "sr_precision": sr.artifact.precision}
     sheet = None
     if args.sheet:
         from deepfusionnet.runtime.measure.sheet import ContactSheet
@@ -187,8 +188,8 @@ def run(args: argparse.Namespace) -> int:
         tta = f", self-ensemble x{args.tta}" if args.tta > 1 else ""
         fast = (f" at half size, then {desc['sr_model']} ({desc['sr_precision']}) on {desc['sr_backend']}"
                 if args.fast else "")
-        print(f"dfn eval: {desc['model']} ({desc['precision']}{tta}) on {desc['backend']}{fast}, {len(pairs)} pairs "
-              f"from {args.data} (protocol {args.protocol})", file=sys.stderr)
+        print(f"dfn eval: {desc['model']} ({desc['precision']}{tta}) on {desc['backend']}{fast}, "
+              f"{len(pairs)} pairs from {args.data} (protocol {args.protocol})", file=sys.stderr)
     try:
         result = evaluate(model, pairs, args.protocol, args.seed, on_image)
         robust = robustness(model, pairs) if args.robustness else None

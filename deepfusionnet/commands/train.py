@@ -119,13 +119,16 @@ def _add_qat_arguments(p: argparse.ArgumentParser) -> None:
                         "as calibrated (default)")
 
 
+def init_of(args: argparse.Namespace) -> str | None:
+    """--init, where --qat defaults to the shipped weights of --model."""
+    return args.init or (args.model if args.qat else None)
+
+
 def teacher_of(args: argparse.Namespace) -> str | None:
     """--teacher, where --qat defaults to its own float --init (the network it learns to reproduce in INT8)."""
     if args.teacher is not None:
         return None if args.teacher.lower() == "none" else args.teacher
-    if args.qat and not args.targets:
-        return args.init or args.model
-    return None
+    return init_of(args) if args.qat and not args.targets else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
         ssim_weight=args.ssim_weight, pixel_loss=args.pixel_loss, bf16=args.bf16, val_count=args.val_count,
         val_every=args.val_every, seed=args.seed, val_seed=args.val_seed, val_group=args.val_group,
         checkpoint_minutes=args.checkpoint_minutes, synthetic_prob=args.synthetic_prob,
-        init=args.init or (args.model if args.qat else None),  # --qat: the shipped weights by default
-        threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema, freeze_bn=args.freeze_bn,
-        targets=args.targets, targets_mix=args.targets_mix, teacher=teacher_of(args), device=args.device, amp=args.amp,
+        init=init_of(args), threads=args.threads, max_steps=args.max_steps, ema_decay=args.ema,
+        freeze_bn=args.freeze_bn, targets=args.targets, targets_mix=args.targets_mix, teacher=teacher_of(args),
+        device=args.device, amp=args.amp,
         workers=args.workers, compile=args.compile, log_every=args.log_every, unpaired=args.unpaired,
         unpaired_extra=args.unpaired_extra, qat=args.qat, qat_calib=args.qat_calib,
         qat_ranges=args.qat_ranges)
